@@ -1,0 +1,285 @@
+//! Configuration of an elector, its validation, and the numbers it implies.
+
+use std::time::Duration;
+
+use crate::record::{Identity, MAX_INT32, UNKNOWN_LEADER};
+
+/// client-go's `JitterFactor`: a follower waits `retry_period * (1 + jitter * u)`, `u` uniform
+/// in `[0, 1)`, between attempts to acquire.
+pub const DEFAULT_JITTER: f64 = 1.2;
+/// client-go's default lease duration.
+pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
+/// client-go's default renew deadline.
+pub const DEFAULT_RENEW_DEADLINE: Duration = Duration::from_secs(10);
+/// client-go's default retry period.
+pub const DEFAULT_RETRY_PERIOD: Duration = Duration::from_secs(2);
+
+/// What an elector does once it has lost leadership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AfterLoss {
+    /// Finish, as client-go's one-shot `Run` does: the process is expected to exit.
+    #[default]
+    Finish,
+    /// Go back to contending for the lock.
+    Recontend,
+}
+
+/// How a follower learns that the lock changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Observation {
+    /// The elector reads the lock every retry period (jittered), as client-go does.
+    #[default]
+    Poll,
+    /// The driver delivers every change of the lock as [`crate::Input::Observed`]. Followers
+    /// stop polling a held lock and wake exactly when it expires. If the stream silently stops,
+    /// the elector stays safe and still live: it then reads the lock once per lease duration.
+    Watch,
+}
+
+/// How an elector contends. Build one with [`Config::new`] and adjust the public fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// This candidate's identity, written as `holderIdentity`. Must be unique per process.
+    pub identity: Identity,
+    /// A name for the lock in messages and metrics (client-go's `Name`), e.g. `"ns/name"`.
+    pub name: String,
+    /// How long followers wait after they last saw the record change before they take over.
+    /// Written to the record in whole seconds, so it must be a whole number of seconds.
+    pub lease_duration: Duration,
+    /// How long after issuing its last successful write a leader keeps leading. A leader stops
+    /// at that instant even if a renewal is still in flight.
+    pub renew_deadline: Duration,
+    /// The interval between attempts: renewals, and (jittered) attempts to acquire.
+    pub retry_period: Duration,
+    /// The jitter factor of the acquire loop (client-go's `JitterFactor`).
+    pub jitter: f64,
+    /// The deadline of a single lock operation. `None` means client-go's HTTP timeout,
+    /// `max(1s, renew_deadline / 2)`, so one hung request cannot cost leadership.
+    pub operation_timeout: Option<Duration>,
+    /// Release the lock on shutdown (client-go's `ReleaseOnCancel`), after the leader work has
+    /// stopped and only if the lock still names this candidate.
+    pub release_on_cancel: bool,
+    /// What to do after losing leadership.
+    pub after_loss: AfterLoss,
+    /// How followers learn of changes.
+    pub observation: Observation,
+    /// Coordinated leader election (client-go's `Coordinated`, KEP-4355): the API server picks
+    /// the holder; this candidate never creates or takes over the lock, only renews it while
+    /// the lock names it, and steps down when the lock names a preferred holder.
+    pub coordinated: bool,
+}
+
+impl Config {
+    /// client-go's defaults (15 s / 10 s / 2 s, jitter 1.2, one-shot, polling) for `identity`.
+    pub fn new(identity: Identity) -> Self {
+        Config {
+            identity,
+            name: String::new(),
+            lease_duration: DEFAULT_LEASE_DURATION,
+            renew_deadline: DEFAULT_RENEW_DEADLINE,
+            retry_period: DEFAULT_RETRY_PERIOD,
+            jitter: DEFAULT_JITTER,
+            operation_timeout: None,
+            release_on_cancel: false,
+            after_loss: AfterLoss::Finish,
+            observation: Observation::Poll,
+            coordinated: false,
+        }
+    }
+
+    /// Checks the configuration: first client-go's rules in client-go's order, with equivalent
+    /// messages, then leasehold's own (see [`ConfigError`]).
+    ///
+    /// # Errors
+    /// The first rule the configuration breaks.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let (ld, rd, rp) = (self.lease_duration, self.renew_deadline, self.retry_period);
+        // client-go's rules, in its order (leaderelection.go, NewLeaderElector). Rules 6 to 8
+        // (nil callbacks, nil lock) cannot be broken in Rust: the types require them.
+        if ld <= rd {
+            return Err(ConfigError::LeaseNotLongerThanRenewDeadline);
+        }
+        if !self.jitter.is_finite() || self.jitter < 0.0 {
+            return Err(ConfigError::InvalidJitter(self.jitter));
+        }
+        if rd.as_secs_f64() <= self.jitter * rp.as_secs_f64() {
+            return Err(ConfigError::RenewDeadlineNotAboveJitteredRetry);
+        }
+        if ld.is_zero() {
+            return Err(ConfigError::ZeroLeaseDuration);
+        }
+        if rd.is_zero() {
+            return Err(ConfigError::ZeroRenewDeadline);
+        }
+        if rp.is_zero() {
+            return Err(ConfigError::ZeroRetryPeriod);
+        }
+        // Rule 9 ("Lock identity is empty") is enforced by `Identity::new`.
+
+        // leasehold's own rules.
+        if ld.subsec_nanos() != 0 {
+            return Err(ConfigError::LeaseNotWholeSeconds(ld));
+        }
+        if ld.as_secs() > u64::from(MAX_INT32) {
+            return Err(ConfigError::LeaseTooLong(ld));
+        }
+        if self.identity.as_str() == UNKNOWN_LEADER {
+            return Err(ConfigError::ReservedIdentity);
+        }
+        let op = self.operation_timeout();
+        if op.is_zero() || op > rd {
+            return Err(ConfigError::OperationTimeout { op, rd });
+        }
+        Ok(())
+    }
+
+    /// The deadline of one lock operation (see [`Config::operation_timeout`](Self#structfield.operation_timeout)).
+    pub fn operation_timeout(&self) -> Duration {
+        self.operation_timeout
+            .unwrap_or_else(|| (self.renew_deadline / 2).max(Duration::from_secs(1)))
+    }
+
+    /// The largest ratio of the fastest to the slowest clock *rate* among the candidates under
+    /// which leadership terms of different candidates never overlap: `lease_duration /
+    /// renew_deadline` (see the crate docs for the proof). 1.5 with the defaults: clocks may
+    /// run up to 50 % apart.
+    pub fn tolerated_clock_rate_ratio(&self) -> f64 {
+        self.lease_duration.as_secs_f64() / self.renew_deadline.as_secs_f64()
+    }
+
+    /// The longest time, after a leader crashes, before a follower that reads the lock with no
+    /// latency starts leading, measured on the follower's clock: the leader's last write is seen
+    /// within one jittered retry period (or at once, when watching), the follower then waits one
+    /// lease duration. Add twice the worst operation latency for a real API server.
+    /// 19.4 s with the defaults (15 s when watching).
+    pub fn failover_bound(&self) -> Duration {
+        let seen_within = match self.observation {
+            Observation::Poll => self.max_retry_interval(),
+            Observation::Watch => Duration::ZERO,
+        };
+        self.lease_duration.saturating_add(seen_within)
+    }
+
+    /// The longest interval between two attempts of a follower: `retry_period * (1 + jitter)`.
+    pub fn max_retry_interval(&self) -> Duration {
+        self.retry_period
+            .saturating_add(mul_f64_saturating(self.retry_period, self.jitter))
+    }
+}
+
+/// `d * f` for finite non-negative `f`, saturating instead of panicking.
+pub(crate) fn mul_f64_saturating(d: Duration, f: f64) -> Duration {
+    let nanos = d.as_nanos() as f64 * f;
+    if nanos.is_finite() && nanos >= 0.0 {
+        // `as` saturates for floats beyond u64.
+        Duration::from_nanos(nanos as u64)
+    } else {
+        Duration::ZERO
+    }
+}
+
+/// A configuration that is unsafe or cannot work. The first six mirror client-go's checks
+/// (with the same messages); the rest are leasehold's.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// client-go rule 1.
+    #[error("leaseDuration must be greater than renewDeadline")]
+    LeaseNotLongerThanRenewDeadline,
+    /// client-go rule 2 (with the configured jitter).
+    #[error("renewDeadline must be greater than retryPeriod*JitterFactor")]
+    RenewDeadlineNotAboveJitteredRetry,
+    /// client-go rule 3.
+    #[error("leaseDuration must be greater than zero")]
+    ZeroLeaseDuration,
+    /// client-go rule 4.
+    #[error("renewDeadline must be greater than zero")]
+    ZeroRenewDeadline,
+    /// client-go rule 5.
+    #[error("retryPeriod must be greater than zero")]
+    ZeroRetryPeriod,
+    /// The jitter factor is negative or not a number.
+    #[error("jitter must be a finite number >= 0, got {0}")]
+    InvalidJitter(f64),
+    /// client-go writes `int(leaseDuration / 1s)`: 1.5 s becomes a 1 s lease (shorter than the
+    /// leader assumes) and anything under a second becomes 0, which the Lease API rejects.
+    #[error(
+        "leaseDuration must be a whole number of seconds (it is written as leaseDurationSeconds), got {0:?}"
+    )]
+    LeaseNotWholeSeconds(Duration),
+    /// More seconds than a Lease's `int32` field can hold.
+    #[error("leaseDuration must be at most 2147483647 seconds, got {0:?}")]
+    LeaseTooLong(Duration),
+    /// The identity MultiLock uses to mean "the locks disagree".
+    #[error("identity {UNKNOWN_LEADER:?} is reserved")]
+    ReservedIdentity,
+    /// A per-operation deadline of zero never lets an operation finish; one longer than the
+    /// renew deadline lets a single hung request cost leadership.
+    #[error("operationTimeout must be greater than zero and at most renewDeadline ({rd:?}), got {op:?}")]
+    OperationTimeout {
+        /// The configured operation timeout.
+        op: Duration,
+        /// The renew deadline.
+        rd: Duration,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::new(Identity::new("me").expect("non-empty"))
+    }
+
+    #[test]
+    fn defaults_are_client_go_s_and_valid() {
+        let c = config();
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.lease_duration, Duration::from_secs(15));
+        assert_eq!(c.renew_deadline, Duration::from_secs(10));
+        assert_eq!(c.retry_period, Duration::from_secs(2));
+        assert_eq!(c.jitter, 1.2);
+        assert_eq!(c.operation_timeout(), Duration::from_secs(5));
+        assert_eq!(c.tolerated_clock_rate_ratio(), 1.5);
+        assert_eq!(c.max_retry_interval(), Duration::from_millis(4400));
+        assert_eq!(c.failover_bound(), Duration::from_millis(19_400));
+        let watch = Config {
+            observation: Observation::Watch,
+            ..c
+        };
+        assert_eq!(watch.failover_bound(), Duration::from_secs(15));
+    }
+
+    #[test]
+    fn operation_timeout_default_follows_client_go() {
+        let mut c = config();
+        c.lease_duration = Duration::from_secs(2);
+        c.renew_deadline = Duration::from_millis(1500);
+        c.retry_period = Duration::from_millis(100);
+        assert_eq!(c.operation_timeout(), Duration::from_secs(1));
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn garbage_durations_are_errors_not_panics() {
+        let mut c = config();
+        c.lease_duration = Duration::MAX;
+        c.renew_deadline = Duration::MAX / 2;
+        c.retry_period = Duration::MAX / 4;
+        assert!(c.validate().is_err());
+        let _ = c.failover_bound();
+        let _ = c.max_retry_interval();
+        c.jitter = f64::NAN;
+        assert_eq!(
+            c.validate().map_err(|e| matches!(e, ConfigError::InvalidJitter(_))),
+            Err(true)
+        );
+        c.jitter = f64::INFINITY;
+        assert!(c.validate().is_err());
+        c.jitter = -1.0;
+        assert!(c.validate().is_err());
+        assert_eq!(mul_f64_saturating(Duration::MAX, 2.0), Duration::from_nanos(u64::MAX));
+        assert_eq!(mul_f64_saturating(Duration::from_secs(1), f64::NAN), Duration::ZERO);
+    }
+}

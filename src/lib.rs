@@ -1,0 +1,117 @@
+//! Lease-based leader election with a pure, deterministic core, wire-compatible with
+//! Kubernetes client-go's `tools/leaderelection`.
+//!
+//! The heart of the crate is the [`Elector`]: a state machine that takes observed lock records,
+//! local monotonic instants and the results of lock operations as [`Input`]s, and returns
+//! [`Action`]s: perform this lock operation, emit this [`Event`], sleep until this instant.
+//! It performs no I/O, reads no clock and spawns nothing, so the same code runs under a tokio
+//! driver, a plain loop (see `examples/custom_driver.rs`), a simulator or a fuzzer, and given the
+//! same inputs and seed it produces the same outputs.
+//!
+//! # Quick look
+//!
+//! ```
+//! use leasehold::{Action, Config, Elector, Identity, Input, Instant, MemoryLock, Now, Timestamp};
+//!
+//! let lock = MemoryLock::new();
+//! let config = Config::new(Identity::new("pod-a_4f1c")?);
+//! let now = Now::new(Instant::ZERO, Timestamp::UNIX_EPOCH);
+//! let mut elector = Elector::new(config, now, 42)?;
+//! let mut events = Vec::new();
+//! loop {
+//!     match elector.poll_action() {
+//!         Action::Lock { op, request, .. } => {
+//!             let result = lock.execute(&request);
+//!             elector.handle_input(Input::LockResult { now, op, result });
+//!         }
+//!         Action::Emit(event) => events.push(event),
+//!         Action::SleepUntil { .. } | Action::Done => break,
+//!     }
+//! }
+//! assert!(elector.is_leader(now.instant));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # The driving contract
+//!
+//! After [`Elector::new`] and after every [`Elector::handle_input`], call
+//! [`Elector::poll_action`] until it returns [`Action::SleepUntil`] or [`Action::Done`]:
+//!
+//! * [`Action::Lock`]: perform the request at once and feed its result back as
+//!   [`Input::LockResult`] with the same [`OpId`]. Give up at its deadline; the elector will
+//!   have counted it as timed out, and a result that still arrives is ignored. The elector has
+//!   at most one operation outstanding.
+//! * [`Action::Emit`]: hand the [`Event`] to the application. Start the guarded work on
+//!   [`Event::StartedLeading`], stop it on [`Event::StoppedLeading`]. After a stop for
+//!   [`StopReason::Shutdown`], feed [`Input::LeaderWorkStopped`] once the work has stopped:
+//!   only then does the elector release the lock.
+//! * [`Action::SleepUntil`]: feed [`Input::Timeout`] at that instant, unless a lock result,
+//!   a watch observation ([`Input::Observed`]) or a shutdown comes first.
+//!
+//! Every input carries [`Now`]: the monotonic instant, which decides everything, and the wall
+//! clock, which only stamps `acquireTime` / `renewTime`. Misuse is harmless: early timeouts are
+//! no-ops, an instant earlier than one already seen counts as the latest one seen, stale op ids
+//! are ignored, and no input makes the elector panic.
+//!
+//! # The timing model
+//!
+//! With LD the lease duration, RD the renew deadline and RP the retry period (15 s, 10 s and
+//! 2 s by default, as client-go):
+//!
+//! * A follower keeps the last record it saw and the local instant it *received* it
+//!   (`observed_at`). It may take the lock when the record names no holder, or once
+//!   `observed_at + LD_record` has passed without the record changing, where `LD_record` is the
+//!   `leaseDurationSeconds` the holder wrote. Record timestamps are never trusted.
+//! * Every write is a compare-and-swap on the lock object's version.
+//! * A leader's term is anchored at the instant its last successful write was *issued*:
+//!   `leader_until = issued_at + RD`. It emits [`Event::StoppedLeading`] at `leader_until` at
+//!   the latest, whether or not a renewal is still in flight.
+//!
+//! The full model is documented once, on the [`elector`] module.
+//!
+//! # The safety theorem
+//!
+//! **If every write is a compare-and-swap on the lock's version, and the ratio of the fastest to
+//! the slowest clock rate among the candidates stays below `LD / RD`, then the terms of
+//! different candidates never overlap in real time.**
+//!
+//! Proof sketch. Measure clock rates `r` in local seconds per real second. Let leader A's last
+//! successful write W be issued at real time `t_i` and commit at `t_c >= t_i`. A's term ends
+//! when its clock has advanced RD past `t_i`: at real time `t_i + RD / r_A`. For B to start a
+//! term after W, B's compare-and-swap must be conditional on the version W wrote (any earlier
+//! version fails), so B received an observation of W at some real time `t_o >= t_c >= t_i` and
+//! then waited until its clock advanced LD: B starts no earlier than `t_i + LD / r_B`. The terms
+//! are disjoint when `LD / r_B >= RD / r_A`, that is when `r_B / r_A <= LD / RD`, which the
+//! assumption guarantees for every pair. Latency only delays `t_o`: it costs liveness, never
+//! safety. A released lock is no exception: the release record is written after the term ended.
+//!
+//! The derived numbers are on [`Config`]: [`Config::tolerated_clock_rate_ratio`] (1.5 by
+//! default) and [`Config::failover_bound`]. client-go's leader keeps leading until its last
+//! success *plus* RP plus RD, so its margin is smaller; leasehold reaches the bound.
+//!
+//! # Where leasehold differs from client-go, on purpose
+//!
+//! * A leader stops at `issued_at + RD` of its last successful write (client-go: up to RP
+//!   later), and a lock found deleted, or naming someone else, ends the term at once (client-go
+//!   would recreate a deleted lock and keep leading).
+//! * A change is detected by version *or* content (client-go compares second-precision JSON).
+//! * Release waits for the leader work to stop and writes only if the fresh read still names
+//!   this candidate (client-go can clobber a new leader).
+//! * A held record with `leaseDurationSeconds: 0` counts as our own lease duration, not as
+//!   expired. Records that cannot be decoded are never overwritten.
+//! * Renewals keep `strategy` and `preferredHolder` (client-go's fast path drops them).
+//! * Sub-second or fractional-second lease durations are rejected ([`ConfigError`]).
+
+pub mod config;
+pub mod elector;
+pub mod lock;
+pub mod record;
+pub mod time;
+
+pub use config::{AfterLoss, Config, ConfigError, Observation};
+pub use elector::{
+    Action, Elector, Event, FencingToken, Input, Now, OpId, Role, StopReason, WakeReason,
+};
+pub use lock::{LockError, LockErrorKind, LockRequest, LockResponse, LockResult, MemoryLock};
+pub use record::{Identity, LeaderElectionRecord, RecordError, Version, Versioned};
+pub use time::{Instant, Timestamp, TimestampError};

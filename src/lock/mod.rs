@@ -1,0 +1,110 @@
+//! The boundary between the elector and a lock store: requests, results, errors, and the
+//! in-memory store.
+//!
+//! The elector asks for one of three operations ([`LockRequest`]); a driver performs it on some
+//! store and hands back a [`LockResult`]. Every write is a compare-and-swap: `Create` succeeds
+//! only if the object is absent, `Update` only if its version is still the one expected.
+
+mod memory;
+
+pub use memory::MemoryLock;
+
+use std::fmt;
+
+use crate::record::{LeaderElectionRecord, Version, Versioned};
+
+/// An operation on the lock, emitted by the elector in [`crate::Action::Lock`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockRequest {
+    /// Read the current record and its version. Absent is a normal answer, not an error.
+    Get,
+    /// Create the lock object holding `record`; fails with [`LockErrorKind::AlreadyExists`]
+    /// if it exists.
+    Create(LeaderElectionRecord),
+    /// Replace the record, only if the object's version is still `expected`; fails with
+    /// [`LockErrorKind::Conflict`] otherwise.
+    Update {
+        /// The version the write is conditional on.
+        expected: Version,
+        /// The record to write.
+        record: LeaderElectionRecord,
+    },
+}
+
+/// A successful answer to a [`LockRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockResponse {
+    /// The answer to `Get`: the record and its version, or `None` when the object is absent.
+    Record(Option<Versioned<LeaderElectionRecord>>),
+    /// The answer to `Create` and `Update`: the object's new version.
+    Written(Version),
+}
+
+/// The outcome of a lock operation, handed to the elector as [`crate::Input::LockResult`].
+pub type LockResult = Result<LockResponse, LockError>;
+
+/// Why a lock operation failed, classified so the elector reacts correctly; the store's own
+/// message is kept for people.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct LockError {
+    /// The class of failure.
+    pub kind: LockErrorKind,
+    /// What the store said.
+    pub message: String,
+}
+
+impl LockError {
+    /// A failure of class `kind` with the store's `message`.
+    pub fn new(kind: LockErrorKind, message: impl Into<String>) -> Self {
+        LockError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// Classes of lock failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LockErrorKind {
+    /// The object does not exist (an `Update` after someone deleted it).
+    NotFound,
+    /// The object's version is no longer the one expected: someone else wrote first.
+    Conflict,
+    /// `Create` found the object already there: someone else created it first.
+    AlreadyExists,
+    /// The operation did not finish before its deadline. Whether a write took effect is unknown.
+    Timeout,
+    /// The store refused the credentials or the permission (HTTP 401 / 403).
+    Unauthorized,
+    /// The object exists but does not hold a record leasehold can read. It is never overwritten.
+    InvalidRecord,
+    /// The store is overloaded or failing (HTTP 429, 5xx); worth retrying.
+    Unavailable,
+    /// Anything else: transport errors, unexpected answers.
+    Other,
+}
+
+impl LockErrorKind {
+    /// Whether the failure means "someone else changed the lock first": the elector then
+    /// re-reads at once instead of waiting a retry period.
+    pub fn is_lost_race(self) -> bool {
+        matches!(self, Self::Conflict | Self::AlreadyExists | Self::NotFound)
+    }
+}
+
+impl fmt::Display for LockErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NotFound => "not found",
+            Self::Conflict => "conflict",
+            Self::AlreadyExists => "already exists",
+            Self::Timeout => "timed out",
+            Self::Unauthorized => "unauthorized",
+            Self::InvalidRecord => "invalid record",
+            Self::Unavailable => "unavailable",
+            Self::Other => "error",
+        })
+    }
+}

@@ -99,6 +99,8 @@ enum Phase {
     Draining { leader_until: Instant },
     /// Releasing: read, then CAS the release record if the lock still names us.
     Releasing {
+        /// When the release began: operations issued before it are not release attempts.
+        since: Instant,
         next_attempt: Instant,
         deadline: Instant,
     },
@@ -442,7 +444,14 @@ impl Elector {
                 *next_renew = retry_at;
                 *slow_path = true;
             }
-            Phase::Releasing { next_attempt, .. } => *next_attempt = retry_at,
+            Phase::Releasing {
+                since,
+                next_attempt,
+                ..
+            } => {
+                // An operation from before the release is no release attempt: read at once.
+                *next_attempt = if f.issued_at < *since { now } else { retry_at };
+            }
             Phase::Draining { .. } | Phase::Finished => {}
         }
     }
@@ -648,6 +657,7 @@ impl Elector {
 
     fn start_release(&mut self) {
         self.phase = Phase::Releasing {
+            since: self.now,
             next_attempt: self.now,
             deadline: self.now + self.config.renew_deadline,
         };
@@ -787,6 +797,7 @@ impl Elector {
             Phase::Releasing {
                 next_attempt,
                 deadline,
+                ..
             } => Some(if idle && next_attempt < deadline {
                 (*next_attempt, WakeReason::RetryRelease)
             } else {

@@ -215,7 +215,9 @@ pub enum ConfigError {
     ReservedIdentity,
     /// A per-operation deadline of zero never lets an operation finish; one longer than the
     /// renew deadline lets a single hung request cost leadership.
-    #[error("operationTimeout must be greater than zero and at most renewDeadline ({rd:?}), got {op:?}")]
+    #[error(
+        "operationTimeout must be greater than zero and at most renewDeadline ({rd:?}), got {op:?}"
+    )]
     OperationTimeout {
         /// The configured operation timeout.
         op: Duration,
@@ -272,14 +274,21 @@ mod tests {
         let _ = c.max_retry_interval();
         c.jitter = f64::NAN;
         assert_eq!(
-            c.validate().map_err(|e| matches!(e, ConfigError::InvalidJitter(_))),
+            c.validate()
+                .map_err(|e| matches!(e, ConfigError::InvalidJitter(_))),
             Err(true)
         );
         c.jitter = f64::INFINITY;
         assert!(c.validate().is_err());
         c.jitter = -1.0;
         assert!(c.validate().is_err());
-        assert_eq!(mul_f64_saturating(Duration::MAX, 2.0), Duration::from_nanos(u64::MAX));
-        assert_eq!(mul_f64_saturating(Duration::from_secs(1), f64::NAN), Duration::ZERO);
+        assert_eq!(
+            mul_f64_saturating(Duration::MAX, 2.0),
+            Duration::from_nanos(u64::MAX)
+        );
+        assert_eq!(
+            mul_f64_saturating(Duration::from_secs(1), f64::NAN),
+            Duration::ZERO
+        );
     }
 }

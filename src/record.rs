@@ -214,7 +214,8 @@ impl LeaderElectionRecord {
 
 impl serde::Serialize for LeaderElectionRecord {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let value: Value = serde_json::from_str(&self.to_json()).map_err(serde::ser::Error::custom)?;
+        let value: Value =
+            serde_json::from_str(&self.to_json()).map_err(serde::ser::Error::custom)?;
         value.serialize(s)
     }
 }
@@ -382,9 +383,9 @@ mod tests {
             ..Default::default()
         };
         let json = r.to_json();
-        assert!(json.starts_with(
-            r#"{"holderIdentity":"a\u003cb\u003e\u0026\"c\"\\\n\u0001\u2028é""#
-        ));
+        assert!(
+            json.starts_with(r#"{"holderIdentity":"a\u003cb\u003e\u0026\"c\"\\\n\u0001\u2028é""#)
+        );
         assert!(json.contains(r#""renewTime":"2020-01-01T00:00:00Z""#));
         let back = LeaderElectionRecord::from_json(&json).expect("round trip");
         assert_eq!(back.holder, r.holder);
@@ -419,7 +420,10 @@ mod tests {
         )
         .expect("decodes");
         assert_eq!(r, LeaderElectionRecord::default());
-        assert_eq!(LeaderElectionRecord::from_json("{}"), Ok(LeaderElectionRecord::default()));
+        assert_eq!(
+            LeaderElectionRecord::from_json("{}"),
+            Ok(LeaderElectionRecord::default())
+        );
     }
 
     #[test]
@@ -431,31 +435,81 @@ mod tests {
             ("null", "record", "null"),
             ("\"x\"", "record", "a string"),
             (r#"{"holderIdentity":5}"#, "holderIdentity", "a number"),
-            (r#"{"holderIdentity":{"a":1}}"#, "holderIdentity", "an object"),
-            (r#"{"leaseDurationSeconds":"15"}"#, "leaseDurationSeconds", "a string"),
-            (r#"{"leaseDurationSeconds":-15}"#, "leaseDurationSeconds", "negative"),
-            (r#"{"leaseDurationSeconds":2147483648}"#, "leaseDurationSeconds", "int32"),
-            (r#"{"leaseDurationSeconds":99999999999999999999}"#, "leaseDurationSeconds", "integer"),
-            (r#"{"leaseDurationSeconds":1.5}"#, "leaseDurationSeconds", "integer"),
-            (r#"{"leaseDurationSeconds":true}"#, "leaseDurationSeconds", "a boolean"),
-            (r#"{"leaderTransitions":-1}"#, "leaderTransitions", "negative"),
-            (r#"{"acquireTime":"2017-10-10"}"#, "acquireTime", "too short"),
-            (r#"{"renewTime":"2018-02-30T00:00:00Z"}"#, "renewTime", "day out of range"),
+            (
+                r#"{"holderIdentity":{"a":1}}"#,
+                "holderIdentity",
+                "an object",
+            ),
+            (
+                r#"{"leaseDurationSeconds":"15"}"#,
+                "leaseDurationSeconds",
+                "a string",
+            ),
+            (
+                r#"{"leaseDurationSeconds":-15}"#,
+                "leaseDurationSeconds",
+                "negative",
+            ),
+            (
+                r#"{"leaseDurationSeconds":2147483648}"#,
+                "leaseDurationSeconds",
+                "int32",
+            ),
+            (
+                r#"{"leaseDurationSeconds":99999999999999999999}"#,
+                "leaseDurationSeconds",
+                "integer",
+            ),
+            (
+                r#"{"leaseDurationSeconds":1.5}"#,
+                "leaseDurationSeconds",
+                "integer",
+            ),
+            (
+                r#"{"leaseDurationSeconds":true}"#,
+                "leaseDurationSeconds",
+                "a boolean",
+            ),
+            (
+                r#"{"leaderTransitions":-1}"#,
+                "leaderTransitions",
+                "negative",
+            ),
+            (
+                r#"{"acquireTime":"2017-10-10"}"#,
+                "acquireTime",
+                "too short",
+            ),
+            (
+                r#"{"renewTime":"2018-02-30T00:00:00Z"}"#,
+                "renewTime",
+                "day out of range",
+            ),
             (r#"{"renewTime":1520996502}"#, "renewTime", "RFC 3339"),
             (r#"{"strategy":["x"]}"#, "strategy", "an array"),
-            (r#"{"preferredHolder":false}"#, "preferredHolder", "a boolean"),
+            (
+                r#"{"preferredHolder":false}"#,
+                "preferredHolder",
+                "a boolean",
+            ),
         ];
         for &(json, field, needle) in cases {
             let err = LeaderElectionRecord::from_json(json).expect_err(json);
             assert_eq!(err.field, field, "{json}: {err}");
-            assert!(err.to_string().contains(needle), "{json}: {err} should say {needle:?}");
+            assert!(
+                err.to_string().contains(needle),
+                "{json}: {err} should say {needle:?}"
+            );
         }
     }
 
     #[test]
     fn identity_must_not_be_empty() {
         assert!(Identity::new("").is_err());
-        assert_eq!(Identity::new("a").map(|i| i.to_string()), Ok("a".to_string()));
+        assert_eq!(
+            Identity::new("a").map(|i| i.to_string()),
+            Ok("a".to_string())
+        );
     }
 
     proptest! {

@@ -91,7 +91,10 @@ fn acquire_from_led_object_with_the_lease_duration_seconds() {
     let mut h = Harness::new(config());
     let bing = record("bing", 3);
     h.answer(found("1", bing.clone()));
-    assert!(h.pending.is_none(), "no write to a lease held for 3 more seconds");
+    assert!(
+        h.pending.is_none(),
+        "no write to a lease held for 3 more seconds"
+    );
     assert_eq!(h.take_events(), vec![Event::NewLeader(Some(id("bing")))]);
     // Every poll before expiry sees the same version: no write, and the expiry does not move.
     while h.pending.is_none() || h.request() == &LockRequest::Get {
@@ -140,7 +143,10 @@ fn acquire_from_led_unacked_object() {
     if h.pending.is_some() {
         h.answer(found("1", bing.clone()));
     }
-    assert!(h.pending.is_none(), "9 s after observation the lease still holds");
+    assert!(
+        h.pending.is_none(),
+        "9 s after observation the lease still holds"
+    );
     h.advance_to(secs(10));
     // An unchanged record keeps its first observation time, so the lease expired at 10 s.
     let request = h.request().clone();
@@ -294,10 +300,17 @@ fn release_acquired_lock() {
             reason: StopReason::Shutdown
         }]
     );
-    assert!(h.pending.is_none(), "no release before the leader work stopped");
+    assert!(
+        h.pending.is_none(),
+        "no release before the leader work stopped"
+    );
     h.advance_to(secs(2));
     h.input(Input::LeaderWorkStopped(h.now()));
-    assert_eq!(h.request(), &LockRequest::Get, "release reads first (KK#132849)");
+    assert_eq!(
+        h.request(),
+        &LockRequest::Get,
+        "release reads first (KK#132849)"
+    );
     let mut held = record("baz", 10);
     held.leader_transitions = 3;
     h.answer(found("1", held));
@@ -314,7 +327,10 @@ fn release_acquired_lock() {
         }
     );
     h.answer(written("2"));
-    assert_eq!(h.take_events(), vec![Event::NewLeader(None), Event::Released]);
+    assert_eq!(
+        h.take_events(),
+        vec![Event::NewLeader(None), Event::Released]
+    );
     assert!(h.done);
     assert_eq!(h.issued.len(), 4, "get, create, get, update");
 }
@@ -367,14 +383,21 @@ fn release_on_cancellation_of_update() {
     h.input(Input::Shutdown(h.now()));
     h.input(Input::LeaderWorkStopped(h.now()));
     let events = h.take_events();
-    assert!(matches!(events[..], [
-        Event::NewLeader(_),
-        Event::StartedLeading { .. },
-        Event::StoppedLeading {
-            reason: StopReason::Shutdown
-        }
-    ]));
-    assert_eq!(h.issued.len(), 3, "nothing new while the renewal is outstanding");
+    assert!(matches!(
+        events[..],
+        [
+            Event::NewLeader(_),
+            Event::StartedLeading { .. },
+            Event::StoppedLeading {
+                reason: StopReason::Shutdown
+            }
+        ]
+    ));
+    assert_eq!(
+        h.issued.len(),
+        3,
+        "nothing new while the renewal is outstanding"
+    );
     h.answer(failed(LockErrorKind::Other)); // context canceled
     assert_eq!(h.request(), &LockRequest::Get);
     h.answer(found("1", record("baz", 10)));
@@ -402,8 +425,14 @@ fn release_on_cancellation_of_get() {
             h.wake();
         }
     }
-    assert!(h.now <= start + Duration::from_secs(5), "bounded by the renew deadline");
-    assert!((2..=4).contains(&reads), "retried every retry period: {reads}");
+    assert!(
+        h.now <= start + Duration::from_secs(5),
+        "bounded by the renew deadline"
+    );
+    assert!(
+        (2..=4).contains(&reads),
+        "retried every retry period: {reads}"
+    );
     assert!(!h.events.contains(&Event::Released));
 }
 
@@ -483,10 +512,14 @@ fn fast_path_conflict_falls_back_to_the_slow_path() {
     h.wake(); // renewal at 4 s
     // Someone touches the object (a label change, say): our cached version is stale.
     let current = lock.get().expect("exists");
-    lock.update(&current.version, current.value).expect("current");
+    lock.update(&current.version, current.value)
+        .expect("current");
     h.answer_from(&lock);
     h.run(&lock, millis(4500));
-    assert_eq!(ops(&h), ["get", "create", "update", "update", "get", "update"]);
+    assert_eq!(
+        ops(&h),
+        ["get", "create", "update", "update", "get", "update"]
+    );
     assert!(h.is_leader());
     assert_eq!(h.elector.slow_path_renewals(), 1);
 }
@@ -511,16 +544,31 @@ fn validation_follows_client_go_order_and_messages() {
     };
     let cases = [
         // 1. leaseDuration <= renewDeadline (also what an all-zero config reports first).
-        (with(0, 0, 0), "leaseDuration must be greater than renewDeadline"),
-        (with(10_000, 10_000, 1000), "leaseDuration must be greater than renewDeadline"),
+        (
+            with(0, 0, 0),
+            "leaseDuration must be greater than renewDeadline",
+        ),
+        (
+            with(10_000, 10_000, 1000),
+            "leaseDuration must be greater than renewDeadline",
+        ),
         // 2. renewDeadline <= retryPeriod * 1.2
-        (with(15_000, 2400, 2000), "renewDeadline must be greater than retryPeriod*JitterFactor"),
+        (
+            with(15_000, 2400, 2000),
+            "renewDeadline must be greater than retryPeriod*JitterFactor",
+        ),
         // 5. retryPeriod < 1 (rules 3 and 4 are unreachable once 1 and 2 pass with durations that
         // cannot be negative: a zero renewDeadline fails rule 2, a zero leaseDuration rule 1).
-        (with(15_000, 10_000, 0), "retryPeriod must be greater than zero"),
+        (
+            with(15_000, 10_000, 0),
+            "retryPeriod must be greater than zero",
+        ),
     ];
     for (config, message) in cases {
-        assert_eq!(config.validate().map_err(|e| e.to_string()), Err(message.to_string()));
+        assert_eq!(
+            config.validate().map_err(|e| e.to_string()),
+            Err(message.to_string())
+        );
     }
     // 6-8 (nil callbacks, nil lock) cannot be expressed in Rust. 9: "Lock identity is empty".
     assert!(Identity::new("").is_err());
@@ -675,7 +723,11 @@ fn watch_mode_follower_wakes_exactly_at_expiry() {
         now: h.now(),
         record: Some(versioned("2", record("bing", 10))),
     });
-    assert_eq!(h.sleep.map(|s| s.0), Some(secs(14)), "a renewal pushes expiry");
+    assert_eq!(
+        h.sleep.map(|s| s.0),
+        Some(secs(14)),
+        "a renewal pushes expiry"
+    );
     h.wake();
     assert_eq!(h.now, secs(14));
     assert_update(&h, "2");

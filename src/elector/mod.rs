@@ -84,7 +84,10 @@ pub struct Elector {
 #[derive(Debug, Clone)]
 enum Phase {
     /// Contending: the next attempt is due at `next_attempt` (unless an operation is in flight).
-    Following { next_attempt: Instant, why: WakeReason },
+    Following {
+        next_attempt: Instant,
+        why: WakeReason,
+    },
     /// Leading until `leader_until`, on the strength of the write `lease`.
     Leading {
         /// Our last successful write: what the fast path compares against.
@@ -96,7 +99,9 @@ enum Phase {
         slow_path: bool,
     },
     /// Shut down while leading: waiting for the leader work to stop before releasing.
-    Draining { leader_until: Instant },
+    Draining {
+        leader_until: Instant,
+    },
     /// Releasing: read, then CAS the release record if the lock still names us.
     Releasing {
         /// When the release began: operations issued before it are not release attempts.
@@ -270,7 +275,10 @@ impl Elector {
         if !o.record.is_held_by(&self.config.identity) {
             return Ok(());
         }
-        let limit = self.config.lease_duration.saturating_add(max_tolerable_expired);
+        let limit = self
+            .config
+            .lease_duration
+            .saturating_add(max_tolerable_expired);
         if now.saturating_duration_since(o.observed_at) > limit {
             return Err(format!(
                 "failed election to renew leadership on lease {}",
@@ -291,10 +299,13 @@ impl Elector {
         match (f.writing.clone(), result) {
             (None, Ok(LockResponse::Record(seen))) => self.handle_read(seen),
             (Some(record), Ok(LockResponse::Written(version))) => {
-                self.handle_written(&f, Versioned {
-                    version,
-                    value: record,
-                });
+                self.handle_written(
+                    &f,
+                    Versioned {
+                        version,
+                        value: record,
+                    },
+                );
             }
             (_, Ok(other)) => self.handle_failure(
                 &f,
@@ -808,6 +819,3 @@ impl Elector {
         [op, phase].into_iter().flatten().min_by_key(|(at, _)| *at)
     }
 }
-
-#[cfg(test)]
-mod tests;

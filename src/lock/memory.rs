@@ -172,7 +172,10 @@ mod tests {
     #[test]
     fn execute_maps_requests() {
         let lock = MemoryLock::new();
-        assert_eq!(lock.execute(&LockRequest::Get), Ok(LockResponse::Record(None)));
+        assert_eq!(
+            lock.execute(&LockRequest::Get),
+            Ok(LockResponse::Record(None))
+        );
         let Ok(LockResponse::Written(v)) = lock.execute(&LockRequest::Create(record("a"))) else {
             panic!("create should succeed");
         };
@@ -180,7 +183,10 @@ mod tests {
             expected: v,
             record: record("b"),
         };
-        assert!(matches!(lock.execute(&update), Ok(LockResponse::Written(_))));
+        assert!(matches!(
+            lock.execute(&update),
+            Ok(LockResponse::Written(_))
+        ));
         assert!(matches!(lock.execute(&update), Err(e) if e.kind == LockErrorKind::Conflict));
     }
 }

@@ -160,7 +160,11 @@ impl Harness {
 
     /// The outstanding request (panics if none: a test bug).
     pub fn request(&self) -> &LockRequest {
-        &self.pending.as_ref().expect("an operation is outstanding").request
+        &self
+            .pending
+            .as_ref()
+            .expect("an operation is outstanding")
+            .request
     }
 
     /// Answers the outstanding operation.
@@ -184,7 +188,11 @@ impl Harness {
     /// passed, is forgotten as the elector forgets it.
     pub fn advance_to(&mut self, t: Instant) {
         self.now = self.now.max(t);
-        if self.pending.as_ref().is_some_and(|p| p.deadline <= self.now) {
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.deadline <= self.now)
+        {
             self.pending = None;
         }
         let now = self.now();

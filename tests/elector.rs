@@ -494,7 +494,7 @@ fn three_candidates_one_leader_and_failover_within_the_bound() {
             }
         }
         let leaders: Vec<usize> = (0..3)
-            .filter(|&i| !crashed.is_some_and(|(c, _)| c == i) && hs[i].elector.is_leader(t))
+            .filter(|&i| crashed.is_none_or(|(c, _)| c != i) && hs[i].elector.is_leader(t))
             .collect();
         assert!(leaders.len() <= 1, "two leaders at {t}: {leaders:?}");
         match crashed {

@@ -106,6 +106,8 @@ pub mod config;
 pub mod elector;
 pub mod lock;
 pub mod record;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod time;
 
 pub use config::{AfterLoss, Config, ConfigError, Observation};

@@ -31,7 +31,7 @@ pub const MAX_INT32: u32 = i32::MAX as u32;
 /// both lead. Append something unique (a UUID, the pod UID) to a host name, as
 /// kube-controller-manager does.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Identity(String);
+pub struct Identity(pub(crate) String);
 
 impl Identity {
     /// Wraps `id`.

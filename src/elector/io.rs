@@ -63,6 +63,19 @@ pub enum Input {
     Shutdown(Now),
 }
 
+impl Input {
+    /// The clocks this input carries.
+    pub fn now(&self) -> Now {
+        match self {
+            Input::Timeout(now)
+            | Input::LockResult { now, .. }
+            | Input::Observed { now, .. }
+            | Input::LeaderWorkStopped(now)
+            | Input::Shutdown(now) => *now,
+        }
+    }
+}
+
 /// What the driver must do next. A drain of [`Elector::poll_action`](super::Elector::poll_action)
 /// ends with `SleepUntil` or `Done`.
 #[must_use = "an action the driver does not carry out stalls the elector"]

@@ -30,7 +30,7 @@
 //!   still names it, retrying on conflict until `renew_deadline` has passed.
 
 mod io;
-mod rng;
+pub(crate) mod rng;
 
 pub use io::{Action, Event, FencingToken, Input, Now, OpId, Role, StopReason, WakeReason};
 
@@ -164,29 +164,26 @@ impl Elector {
         if matches!(self.phase, Phase::Finished) {
             return;
         }
+        // Time first: a result that arrives at or after its operation's deadline, or after the
+        // term it would renew has ended, finds the operation already timed out.
+        self.advance(input.now());
+        self.run_timers();
+        if matches!(self.phase, Phase::Finished) {
+            return;
+        }
         match input {
-            Input::Timeout(now) => self.advance(now),
-            Input::LockResult { now, op, result } => {
-                self.advance(now);
-                match self.in_flight.take() {
-                    Some(f) if f.op == op => self.handle_result(f, result),
-                    other => self.in_flight = other,
-                }
-            }
-            Input::Observed { now, record } => {
-                self.advance(now);
-                self.handle_observed(record);
-            }
-            Input::LeaderWorkStopped(now) => {
-                self.advance(now);
+            Input::Timeout(_) => {}
+            Input::LockResult { op, result, .. } => match self.in_flight.take() {
+                Some(f) if f.op == op => self.handle_result(f, result),
+                other => self.in_flight = other,
+            },
+            Input::Observed { record, .. } => self.handle_observed(record),
+            Input::LeaderWorkStopped(_) => {
                 if matches!(self.phase, Phase::Draining { .. }) {
                     self.start_release();
                 }
             }
-            Input::Shutdown(now) => {
-                self.advance(now);
-                self.handle_shutdown();
-            }
+            Input::Shutdown(_) => self.handle_shutdown(),
         }
         self.drive();
     }
@@ -528,21 +525,18 @@ impl Elector {
 
     // ---- decisions ----------------------------------------------------------------------
 
-    /// Runs the timers and issues the next operation when one is due and none is in flight.
-    /// Called after every input.
-    fn drive(&mut self) {
+    /// Fires what is due at `self.now`: the deadline of the operation in flight, the end of
+    /// the term, the end of the drain and of the release. Idempotent.
+    fn run_timers(&mut self) {
         let now = self.now;
-        if let Some(f) = &self.in_flight
-            && now >= f.deadline
+        if self.in_flight.as_ref().is_some_and(|f| now >= f.deadline)
+            && let Some(f) = self.in_flight.take()
         {
-            let f = self.in_flight.take();
-            if let Some(f) = f {
-                let e = LockError::new(
-                    LockErrorKind::Timeout,
-                    format!("{} did not answer before its deadline", f.op),
-                );
-                self.handle_failure(&f, &e);
-            }
+            let e = LockError::new(
+                LockErrorKind::Timeout,
+                format!("{} did not answer before its deadline", f.op),
+            );
+            self.handle_failure(&f, &e);
         }
         match &self.phase {
             Phase::Leading { leader_until, .. } if now >= *leader_until => {
@@ -556,6 +550,13 @@ impl Elector {
             Phase::Releasing { deadline, .. } if now >= *deadline => self.phase = Phase::Finished,
             _ => {}
         }
+    }
+
+    /// Runs the timers, then issues the next operation if one is due and none is in flight.
+    /// Called after every input.
+    fn drive(&mut self) {
+        self.run_timers();
+        let now = self.now;
         if self.in_flight.is_some() {
             return;
         }

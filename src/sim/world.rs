@@ -1,0 +1,855 @@
+//! The discrete-event loop: nodes, the lock, the network, faults, and the checkers.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::time::Duration;
+
+use super::clock::{LocalClock, PPB};
+use super::{Outcome, Params, Violation};
+use crate::elector::rng::Rng;
+use crate::elector::{Action, Elector, Event, Input, Now, OpId, StopReason};
+use crate::lock::{LockRequest, LockResponse, LockResult, MemoryLock};
+use crate::record::{Identity, LeaderElectionRecord, Versioned};
+use crate::time::{Instant, Timestamp};
+
+/// True time, in nanoseconds since the start of the run.
+type T = u64;
+
+/// 2020-01-01T00:00:00Z: the wall clocks start near here.
+const WALL_ORIGIN_MICROS: i64 = 1_577_836_800_000_000;
+
+fn nanos(d: Duration) -> u64 {
+    crate::time::duration_nanos(d)
+}
+
+fn secs(t: T) -> f64 {
+    t as f64 / 1e9
+}
+
+#[derive(Debug, Clone)]
+enum Ev {
+    Wake {
+        node: usize,
+        seq: u64,
+    },
+    Request {
+        node: usize,
+        inc: u32,
+        op: OpId,
+        request: LockRequest,
+    },
+    Response {
+        node: usize,
+        inc: u32,
+        op: OpId,
+        result: LockResult,
+    },
+    Watch {
+        node: usize,
+        inc: u32,
+        record: Option<Versioned<LeaderElectionRecord>>,
+    },
+    WorkStopped {
+        node: usize,
+        inc: u32,
+    },
+    Restart {
+        node: usize,
+    },
+    Resume {
+        node: usize,
+    },
+    Heal {
+        node: usize,
+    },
+    Fault(Fault),
+    CrashLeader,
+    ShutdownLeader,
+    FaultsEnd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Crash,
+    Pause,
+    Partition,
+    Shutdown,
+    RateChange,
+}
+
+/// An input for a node that may have to wait while the node is paused.
+#[derive(Debug, Clone)]
+enum Delivery {
+    Timeout,
+    Result(OpId, LockResult),
+    Observed(Option<Versioned<LeaderElectionRecord>>),
+    WorkStopped,
+    Shutdown,
+}
+
+struct Node {
+    identity: Identity,
+    clock: LocalClock,
+    /// The wall clock's offset from true time, in microseconds.
+    wall_offset: i64,
+    elector: Option<Elector>,
+    /// Bumped at every crash or exit: messages for an earlier incarnation are dropped.
+    inc: u32,
+    /// Only the wake with this sequence number is current.
+    wake_seq: u64,
+    paused: bool,
+    inbox: VecDeque<Delivery>,
+    partitioned: bool,
+    /// The operation the driver considers outstanding, and its local deadline.
+    outstanding: Option<(OpId, Instant)>,
+    term: Option<Term>,
+    up_since: Option<T>,
+}
+
+struct Term {
+    start: T,
+    leader_until: Instant,
+    /// The true time at which the node's clock reaches `leader_until` (kept current across
+    /// rate changes until it has passed).
+    ends_by: T,
+}
+
+/// A closed term: identity, true start, true end.
+struct Span {
+    identity: Identity,
+    start: T,
+    end: T,
+}
+
+pub(crate) struct World {
+    p: Params,
+    rng: Rng,
+    now: T,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(T, u64, usize)>>,
+    events: Vec<Option<Ev>>,
+    nodes: Vec<Node>,
+    lock: MemoryLock,
+    last_version: u64,
+    /// The record before the last write, for late (stale) watch events.
+    previous: Option<Versioned<LeaderElectionRecord>>,
+    faults_on: bool,
+    fault_end: T,
+    spans: Vec<Span>,
+    last_term: Option<(Identity, u64)>,
+    violations: Vec<Violation>,
+    hash: u64,
+    crash_at: Option<T>,
+    shutdown_at: Option<T>,
+    /// The node shut down for the handover sample: it stays down until after the handover.
+    held_down: Option<usize>,
+    failover: Option<Duration>,
+    handover: Option<Duration>,
+    leader_after_faults: Option<Duration>,
+    elector_time: Duration,
+    terms: usize,
+    timeline: Vec<String>,
+}
+
+impl World {
+    pub(crate) fn new(p: Params) -> Self {
+        let mut rng = Rng::new(p.seed);
+        let nodes = (0..p.nodes)
+            .map(|i| {
+                let rate = (p.initial_rates.get(i).copied().unwrap_or(1.0) * PPB as f64) as u64;
+                let offset = rng.next_u64() >> 24; // up to ~12 days of uptime
+                let wall_offset = (rng.next_f64() * 600e6) as i64 - 300_000_000; // +-5 min
+                Node {
+                    identity: Identity(format!("node-{i}")),
+                    clock: LocalClock::new(0, offset, rate),
+                    wall_offset,
+                    elector: None,
+                    inc: 0,
+                    wake_seq: 0,
+                    paused: false,
+                    inbox: VecDeque::new(),
+                    partitioned: false,
+                    outstanding: None,
+                    term: None,
+                    up_since: None,
+                }
+            })
+            .collect();
+        let fault_end = nanos(p.fault_phase);
+        World {
+            faults_on: true,
+            fault_end,
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: Vec::new(),
+            nodes,
+            lock: MemoryLock::new(),
+            last_version: 0,
+            previous: None,
+            spans: Vec::new(),
+            last_term: None,
+            violations: Vec::new(),
+            hash: 0xcbf2_9ce4_8422_2325,
+            crash_at: None,
+            shutdown_at: None,
+            held_down: None,
+            failover: None,
+            handover: None,
+            leader_after_faults: None,
+            elector_time: Duration::ZERO,
+            terms: 0,
+            timeline: Vec::new(),
+            p,
+        }
+    }
+
+    pub(crate) fn run(mut self) -> Outcome {
+        for node in 0..self.nodes.len() {
+            self.start(node);
+        }
+        let phase = self.fault_end;
+        self.schedule_at(phase * 3 / 10, Ev::CrashLeader);
+        self.schedule_at(phase * 6 / 10, Ev::ShutdownLeader);
+        self.schedule_at(phase, Ev::FaultsEnd);
+        for fault in [
+            Fault::Crash,
+            Fault::Pause,
+            Fault::Partition,
+            Fault::Shutdown,
+            Fault::RateChange,
+        ] {
+            self.schedule_fault(fault);
+        }
+        let bound = nanos(self.p.liveness_bound());
+        let horizon = self.fault_end + bound + nanos(self.p.elector.lease_duration);
+        while let Some(Reverse((t, _, slot))) = self.queue.pop() {
+            if t > horizon {
+                break;
+            }
+            self.now = t;
+            let Some(ev) = self.events.get_mut(slot).and_then(Option::take) else {
+                continue;
+            };
+            self.step(ev);
+            if !self.faults_on && self.leader_after_faults.is_none() && self.leader_now().is_some()
+            {
+                self.leader_after_faults = Some(Duration::from_nanos(self.now - self.fault_end));
+            }
+        }
+        self.now = horizon;
+        self.finish(bound)
+    }
+
+    fn finish(mut self, bound: u64) -> Outcome {
+        for node in 0..self.nodes.len() {
+            self.end_term(node, self.now);
+            if let Some(since) = self.nodes[node].up_since.take() {
+                self.elector_time += Duration::from_nanos(self.now.saturating_sub(since));
+            }
+        }
+        self.check_overlaps();
+        match self.leader_after_faults {
+            Some(d) if nanos(d) <= bound => {}
+            _ => self
+                .violations
+                .push(Violation::NoLeaderAfterFaults { bound: secs(bound) }),
+        }
+        Outcome {
+            violations: self.violations,
+            trace_hash: self.hash,
+            failover: self.failover,
+            handover: self.handover,
+            time_to_leader_after_faults: self.leader_after_faults,
+            elector_time: self.elector_time,
+            terms: self.terms,
+            timeline: self.timeline,
+            params: self.p,
+        }
+    }
+
+    // ---- scheduling -----------------------------------------------------------------------
+
+    fn schedule_at(&mut self, t: T, ev: Ev) {
+        self.seq += 1;
+        self.events.push(Some(ev));
+        self.queue
+            .push(Reverse((t.max(self.now), self.seq, self.events.len() - 1)));
+    }
+
+    fn latency(&mut self) -> u64 {
+        let (lo, hi) = (nanos(self.p.latency.0), nanos(self.p.latency.1));
+        lo + ((hi - lo) as f64 * self.rng.next_f64()) as u64
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        self.rng.next_f64() < p
+    }
+
+    fn schedule_fault(&mut self, fault: Fault) {
+        let every = match fault {
+            Fault::Crash => self.p.crash_every,
+            Fault::Pause => self.p.pause_every,
+            Fault::Partition => self.p.partition_every,
+            Fault::Shutdown => self.p.shutdown_every,
+            Fault::RateChange => self.p.rate_change_every,
+        };
+        let Some(every) = every else { return };
+        // Exponential inter-arrival times, capped so one run cannot stall.
+        let u = self.rng.next_f64().max(1e-9);
+        let wait = (-u.ln() * nanos(every) as f64).min(1e18) as u64;
+        let at = self.now.saturating_add(wait);
+        if at < self.fault_end {
+            self.schedule_at(at, Ev::Fault(fault));
+        }
+    }
+
+    // ---- events ---------------------------------------------------------------------------
+
+    fn step(&mut self, ev: Ev) {
+        match ev {
+            Ev::Wake { node, seq } => {
+                if self.nodes[node].wake_seq == seq {
+                    self.deliver(node, Delivery::Timeout);
+                }
+            }
+            Ev::Request {
+                node,
+                inc,
+                op,
+                request,
+            } => self.handle_request(node, inc, op, &request),
+            Ev::Response {
+                node,
+                inc,
+                op,
+                result,
+            } => {
+                if self.nodes[node].inc == inc && !self.nodes[node].partitioned {
+                    self.deliver(node, Delivery::Result(op, result));
+                }
+            }
+            Ev::Watch { node, inc, record } => {
+                if self.nodes[node].inc == inc && !self.nodes[node].partitioned {
+                    self.deliver(node, Delivery::Observed(record));
+                }
+            }
+            Ev::WorkStopped { node, inc } => {
+                if self.nodes[node].inc == inc {
+                    // The handover sample counts from here: how long the work takes to stop is
+                    // the application's business, the rest is the elector's.
+                    if self.held_down == Some(node) && self.shutdown_at.is_some() {
+                        self.shutdown_at = Some(self.now);
+                    }
+                    self.deliver(node, Delivery::WorkStopped);
+                }
+            }
+            Ev::Restart { node } => {
+                if self.nodes[node].elector.is_none() {
+                    self.start(node);
+                }
+            }
+            Ev::Resume { node } => self.resume(node),
+            Ev::Heal { node } => {
+                self.nodes[node].partitioned = false;
+                self.log(node, "partition healed");
+            }
+            Ev::Fault(fault) => {
+                if self.faults_on {
+                    self.fault(fault);
+                    self.schedule_fault(fault);
+                }
+            }
+            Ev::CrashLeader => {
+                if let Some(leader) = self.leader_now() {
+                    self.crash_at = Some(self.now);
+                    // Stay down past the failover: a quick restart under the same identity
+                    // would simply renew its own lock, which measures restarts, not failover.
+                    self.crash(leader, self.p.failover_bound() * 2);
+                }
+            }
+            Ev::ShutdownLeader => {
+                if let Some(leader) = self.leader_now() {
+                    self.shutdown_at = Some(self.now);
+                    self.held_down = Some(leader);
+                    self.log(leader, "graceful shutdown (measured handover)");
+                    self.deliver(leader, Delivery::Shutdown);
+                }
+            }
+            Ev::FaultsEnd => self.end_faults(),
+        }
+    }
+
+    fn fault(&mut self, fault: Fault) {
+        // Half the faults strike the leader, if there is one: that is where bugs hide.
+        let target = match self.leader_now() {
+            Some(leader) if self.chance(0.5) => leader,
+            _ => (self.rng.next_u64() % self.nodes.len() as u64) as usize,
+        };
+        let ld = nanos(self.p.elector.lease_duration) as f64;
+        match fault {
+            Fault::Crash => {
+                if self.nodes[target].elector.is_some() {
+                    self.crash(target, self.p.restart_delay);
+                }
+            }
+            Fault::Pause => {
+                if !self.nodes[target].paused && self.nodes[target].elector.is_some() {
+                    let d = (self.rng.next_f64() * 1.5 * ld) as u64;
+                    self.nodes[target].paused = true;
+                    self.log(target, &format!("paused for {:.3}s", secs(d)));
+                    self.schedule_at(self.now + d, Ev::Resume { node: target });
+                }
+            }
+            Fault::Partition => {
+                if !self.nodes[target].partitioned {
+                    let d = (self.rng.next_f64() * 2.0 * ld) as u64;
+                    self.nodes[target].partitioned = true;
+                    self.log(target, &format!("partitioned for {:.3}s", secs(d)));
+                    self.schedule_at(self.now + d, Ev::Heal { node: target });
+                }
+            }
+            Fault::Shutdown => {
+                if self.nodes[target].elector.is_some() {
+                    self.log(target, "graceful shutdown");
+                    self.deliver(target, Delivery::Shutdown);
+                }
+            }
+            Fault::RateChange => {
+                let ratio = self.p.clock_rate_ratio;
+                let rate = 1.0 + (ratio - 1.0) * self.rng.next_f64();
+                self.set_rate(target, (rate * PPB as f64) as u64);
+            }
+        }
+    }
+
+    fn end_faults(&mut self) {
+        self.faults_on = false;
+        self.timeline_line("faults stop".into());
+        for node in 0..self.nodes.len() {
+            self.nodes[node].partitioned = false;
+            if self.nodes[node].paused {
+                self.resume(node);
+            }
+        }
+    }
+
+    // ---- nodes ----------------------------------------------------------------------------
+
+    fn now_for(&self, node: usize) -> Now {
+        let n = &self.nodes[node];
+        let instant = n.clock.local(self.now);
+        let micros = i64::try_from(self.now / 1000).unwrap_or(i64::MAX);
+        let wall = Timestamp::from_unix_micros(WALL_ORIGIN_MICROS + n.wall_offset + micros)
+            .unwrap_or(Timestamp::UNIX_EPOCH);
+        Now::new(instant, wall)
+    }
+
+    fn start(&mut self, node: usize) {
+        let mut config = self.p.elector.clone();
+        config.identity = self.nodes[node].identity.clone();
+        let seed = self.rng.next_u64();
+        let now = self.now_for(node);
+        match Elector::new(config, now, seed) {
+            Ok(elector) => {
+                let n = &mut self.nodes[node];
+                n.elector = Some(elector);
+                n.outstanding = None;
+                n.up_since = Some(self.now);
+                self.log(node, "started");
+                self.drain(node);
+            }
+            Err(e) => {
+                // The configuration under test is invalid: nothing to simulate.
+                self.log(node, &format!("invalid configuration: {e}"));
+            }
+        }
+    }
+
+    fn crash(&mut self, node: usize, down_for: Duration) {
+        self.end_term(node, self.now);
+        let n = &mut self.nodes[node];
+        n.elector = None;
+        n.inc += 1;
+        n.wake_seq += 1;
+        n.paused = false;
+        n.inbox.clear();
+        n.outstanding = None;
+        if let Some(since) = n.up_since.take() {
+            self.elector_time += Duration::from_nanos(self.now - since);
+        }
+        self.log(node, "CRASHED");
+        self.schedule_at(self.now + nanos(down_for), Ev::Restart { node });
+    }
+
+    fn resume(&mut self, node: usize) {
+        self.nodes[node].paused = false;
+        self.log(node, "resumed");
+        while let Some(d) = self.nodes[node].inbox.pop_front() {
+            self.deliver(node, d);
+        }
+        // Timers that fired during the pause.
+        self.deliver(node, Delivery::Timeout);
+    }
+
+    fn set_rate(&mut self, node: usize, rate_ppb: u64) {
+        let now = self.now;
+        let n = &mut self.nodes[node];
+        n.clock.set_rate(now, rate_ppb);
+        if let Some(term) = &mut n.term
+            && term.ends_by > now
+        {
+            term.ends_by = n.clock.true_time_of(term.leader_until, now);
+        }
+        self.log(
+            node,
+            &format!("clock rate now {:.4}", rate_ppb as f64 / PPB as f64),
+        );
+        // Re-arm the timer under the new rate.
+        if !self.nodes[node].paused
+            && let Some(at) = self.nodes[node]
+                .elector
+                .as_ref()
+                .and_then(Elector::poll_timeout)
+        {
+            self.arm(node, at);
+        }
+    }
+
+    fn arm(&mut self, node: usize, at: Instant) {
+        let n = &mut self.nodes[node];
+        n.wake_seq += 1;
+        let seq = n.wake_seq;
+        let t = n.clock.true_time_of(at, self.now);
+        self.schedule_at(t, Ev::Wake { node, seq });
+    }
+
+    /// Feeds an input to a node (or queues it while the node is paused), then drains.
+    fn deliver(&mut self, node: usize, d: Delivery) {
+        if self.nodes[node].elector.is_none() {
+            return;
+        }
+        if self.nodes[node].paused {
+            if !matches!(d, Delivery::Timeout) {
+                self.nodes[node].inbox.push_back(d);
+            }
+            return;
+        }
+        let now = self.now_for(node);
+        let n = &mut self.nodes[node];
+        // The driver forgets an operation once its deadline has passed on the node's clock.
+        if n.outstanding
+            .is_some_and(|(_, deadline)| now.instant >= deadline)
+        {
+            n.outstanding = None;
+        }
+        let input = match d {
+            Delivery::Timeout => Input::Timeout(now),
+            Delivery::Result(op, result) => {
+                if n.outstanding.is_some_and(|(o, _)| o == op) {
+                    n.outstanding = None;
+                }
+                Input::LockResult { now, op, result }
+            }
+            Delivery::Observed(record) => Input::Observed { now, record },
+            Delivery::WorkStopped => Input::LeaderWorkStopped(now),
+            Delivery::Shutdown => Input::Shutdown(now),
+        };
+        if let Some(e) = &mut n.elector {
+            e.handle_input(input);
+        }
+        self.drain(node);
+    }
+
+    fn drain(&mut self, node: usize) {
+        // Bounded: an elector settles within a handful of actions per input.
+        for _ in 0..64 {
+            let Some(action) = self.nodes[node].elector.as_mut().map(Elector::poll_action) else {
+                return;
+            };
+            self.trace(node, &action);
+            match action {
+                Action::Lock {
+                    op,
+                    request,
+                    deadline,
+                } => self.send(node, op, request, deadline),
+                Action::Emit(event) => self.on_event(node, event),
+                Action::SleepUntil { at, .. } => {
+                    self.arm(node, at);
+                    return;
+                }
+                Action::Done => {
+                    self.exit(node);
+                    return;
+                }
+            }
+        }
+        self.log(node, "did not settle within 64 actions");
+    }
+
+    fn send(&mut self, node: usize, op: OpId, request: LockRequest, deadline: Instant) {
+        let now = self.now_for(node).instant;
+        let n = &mut self.nodes[node];
+        if n.outstanding.is_some_and(|(_, d)| now < d) {
+            self.violations.push(Violation::TwoOperationsInFlight {
+                node,
+                at: secs(self.now),
+            });
+        }
+        n.outstanding = Some((op, deadline));
+        let inc = n.inc;
+        let loss = if self.faults_on {
+            self.p.request_loss
+        } else {
+            0.0
+        };
+        if n.partitioned || self.chance(loss) {
+            return;
+        }
+        let at = self.now + self.latency();
+        self.schedule_at(
+            at,
+            Ev::Request {
+                node,
+                inc,
+                op,
+                request,
+            },
+        );
+    }
+
+    /// The lock applies the request at arrival: the linearization point.
+    fn handle_request(&mut self, node: usize, inc: u32, op: OpId, request: &LockRequest) {
+        if self.nodes[node].partitioned {
+            return;
+        }
+        let before = self.lock.get();
+        let result = self.lock.execute(request);
+        if let Ok(LockResponse::Written(v)) = &result {
+            let v: u64 = v.as_str().parse().unwrap_or(0);
+            if v <= self.last_version {
+                self.violations
+                    .push(Violation::VersionWentBack { at: secs(self.now) });
+            }
+            self.last_version = v;
+            self.previous = before;
+            self.broadcast_watch();
+        }
+        let loss = if self.faults_on {
+            self.p.response_loss
+        } else {
+            0.0
+        };
+        if self.chance(loss) {
+            return;
+        }
+        let at = self.now + self.latency();
+        self.schedule_at(
+            at,
+            Ev::Response {
+                node,
+                inc,
+                op,
+                result,
+            },
+        );
+    }
+
+    /// Watching nodes hear of every write, sometimes twice, sometimes with a stale record late.
+    fn broadcast_watch(&mut self) {
+        let current = self.lock.get();
+        for node in 0..self.nodes.len() {
+            if self.p.elector.observation != crate::Observation::Watch
+                || self.nodes[node].elector.is_none()
+            {
+                continue;
+            }
+            let inc = self.nodes[node].inc;
+            let at = self.now + self.latency();
+            self.schedule_at(
+                at,
+                Ev::Watch {
+                    node,
+                    inc,
+                    record: current.clone(),
+                },
+            );
+            let anomalies = if self.faults_on {
+                self.p.watch_anomalies
+            } else {
+                0.0
+            };
+            if self.chance(anomalies) {
+                let again = at + self.latency();
+                self.schedule_at(
+                    again,
+                    Ev::Watch {
+                        node,
+                        inc,
+                        record: current.clone(),
+                    },
+                );
+            }
+            if self.chance(anomalies) {
+                let late = at + self.latency() * 10;
+                let record = self.previous.clone();
+                self.schedule_at(late, Ev::Watch { node, inc, record });
+            }
+        }
+    }
+
+    fn exit(&mut self, node: usize) {
+        self.end_term(node, self.now);
+        let n = &mut self.nodes[node];
+        n.elector = None;
+        n.inc += 1;
+        n.wake_seq += 1;
+        n.inbox.clear();
+        n.outstanding = None;
+        if let Some(since) = n.up_since.take() {
+            self.elector_time += Duration::from_nanos(self.now - since);
+        }
+        self.log(node, "exited");
+        let delay = if self.held_down == Some(node) {
+            self.held_down = None;
+            nanos(self.p.failover_bound() * 2)
+        } else {
+            nanos(self.p.restart_delay)
+        };
+        self.schedule_at(self.now + delay, Ev::Restart { node });
+    }
+
+    fn on_event(&mut self, node: usize, event: Event) {
+        match event {
+            Event::StartedLeading {
+                token,
+                leader_until,
+            } => {
+                let now = self.now;
+                let ends_by = self.nodes[node].clock.true_time_of(leader_until, now);
+                self.nodes[node].term = Some(Term {
+                    start: now,
+                    leader_until,
+                    ends_by,
+                });
+                self.terms += 1;
+                let identity = self.nodes[node].identity.clone();
+                if let Some((prev, prev_token)) = &self.last_term {
+                    let rose = if prev == &identity {
+                        token.0 >= *prev_token
+                    } else {
+                        token.0 > *prev_token
+                    };
+                    if !rose {
+                        self.violations.push(Violation::FencingTokenNotIncreasing {
+                            previous: (prev.to_string(), *prev_token),
+                            next: (identity.to_string(), token.0),
+                        });
+                    }
+                }
+                self.last_term = Some((identity, token.0));
+                if let Some(at) = self.crash_at.take() {
+                    self.failover = Some(Duration::from_nanos(now - at));
+                }
+                if let Some(at) = self.shutdown_at.take() {
+                    self.handover = Some(Duration::from_nanos(now - at));
+                }
+                self.log(node, &format!("STARTED leading, token {token}"));
+            }
+            Event::Renewed { leader_until } => {
+                let now = self.now;
+                let n = &mut self.nodes[node];
+                if let Some(term) = &mut n.term {
+                    term.leader_until = leader_until;
+                    term.ends_by = n.clock.true_time_of(leader_until, now);
+                }
+            }
+            Event::StoppedLeading { reason } => {
+                self.end_term(node, self.now);
+                self.log(node, &format!("STOPPED leading: {reason:?}"));
+                if reason == StopReason::Shutdown {
+                    // The leader work takes a while to stop.
+                    let d = (nanos(self.p.work_stop_delay) as f64 * self.rng.next_f64()) as u64;
+                    let inc = self.nodes[node].inc;
+                    self.schedule_at(self.now + d, Ev::WorkStopped { node, inc });
+                }
+            }
+            Event::NewLeader(leader) => {
+                let who = leader.map_or("nobody".to_string(), |l| l.to_string());
+                self.log(node, &format!("sees leader {who}"));
+            }
+            Event::Released => self.log(node, "released the lock"),
+        }
+    }
+
+    // ---- checkers -------------------------------------------------------------------------
+
+    /// The node that leads at the current true time, if any.
+    fn leader_now(&self) -> Option<usize> {
+        (0..self.nodes.len()).find(|&i| {
+            self.nodes[i].elector.is_some()
+                && self.nodes[i]
+                    .term
+                    .as_ref()
+                    .is_some_and(|t| self.now < t.ends_by)
+        })
+    }
+
+    /// Closes a node's term at true time `t`, or earlier if its clock reached `leader_until`
+    /// first (it stopped believing then, even if paused).
+    fn end_term(&mut self, node: usize, t: T) {
+        if let Some(term) = self.nodes[node].term.take() {
+            self.spans.push(Span {
+                identity: self.nodes[node].identity.clone(),
+                start: term.start,
+                end: t.min(term.ends_by),
+            });
+        }
+    }
+
+    fn check_overlaps(&mut self) {
+        self.spans.sort_by_key(|s| (s.start, s.end));
+        let mut furthest: Option<usize> = None;
+        for i in 0..self.spans.len() {
+            if let Some(f) = furthest {
+                let (a, b) = (&self.spans[f], &self.spans[i]);
+                if b.start < a.end && a.identity != b.identity {
+                    self.violations.push(Violation::Overlap {
+                        first: (a.identity.to_string(), secs(a.start), secs(a.end)),
+                        second: (b.identity.to_string(), secs(b.start), secs(b.end)),
+                    });
+                }
+            }
+            if furthest.is_none_or(|f| self.spans[i].end > self.spans[f].end) {
+                furthest = Some(i);
+            }
+        }
+    }
+
+    // ---- trace ----------------------------------------------------------------------------
+
+    fn trace(&mut self, node: usize, action: &Action) {
+        let line = format!("{} {node} {action:?}", self.now);
+        for b in line.bytes() {
+            self.hash ^= u64::from(b);
+            self.hash = self.hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn log(&mut self, node: usize, what: &str) {
+        if self.p.timeline {
+            let rate = self.nodes[node].clock.rate_ppb() as f64 / PPB as f64;
+            let line = format!("node-{node} (rate {rate:.3}): {what}");
+            self.timeline_line(line);
+        }
+    }
+
+    fn timeline_line(&mut self, line: String) {
+        if self.p.timeline {
+            self.timeline
+                .push(format!("[{:>10.3}s] {line}", secs(self.now)));
+        }
+    }
+}

@@ -89,6 +89,16 @@
 //! default) and [`Config::failover_bound`]. client-go's leader keeps leading until its last
 //! success *plus* RP plus RD, so its margin is smaller; leasehold reaches the bound.
 //!
+//! # Checking the theorem, and your configuration
+//!
+//! The `sim` feature adds `leasehold::sim`: a deterministic simulator that runs many real
+//! electors against one linearizable lock, with per-node clock rates, latency, loss,
+//! partitions, pauses, crashes and graceful shutdowns, and checks that terms never overlap,
+//! that a leader emerges once faults stop, and more. `sim::check(&scenario, seeds)` runs your
+//! own configuration; `sim::strategy` has proptest strategies for your own property tests. With
+//! the defaults, 2000 seeds with every fault on find no overlap at a clock-rate ratio of 1.49,
+//! and dozens at 1.7.
+//!
 //! # Where leasehold differs from client-go, on purpose
 //!
 //! * A leader stops at `issued_at + RD` of its last successful write (client-go: up to RP

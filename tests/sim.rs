@@ -135,7 +135,13 @@ fn a_failure_prints_its_reproduction() {
     let outcome = sim::run(&above_bound().params(OVERLAPPING_SEED));
     let text = outcome.to_string();
     assert!(text.contains(&format!("seed={OVERLAPPING_SEED}")), "{text}");
-    for field in ["initial_rates", "latency", "request_loss", "fault_phase", "lease_duration"] {
+    for field in [
+        "initial_rates",
+        "latency",
+        "request_loss",
+        "fault_phase",
+        "lease_duration",
+    ] {
         assert!(text.contains(field), "the reproduction lists {field}");
     }
 }
@@ -162,14 +168,21 @@ fn params_derive_from_the_seed_and_respect_overrides() {
     let p: Params = scenario.params(9);
     assert!((2..=5).contains(&p.nodes));
     assert!(p.clock_rate_ratio < 1.5);
-    assert!(p.initial_rates.iter().all(|&r| (1.0..=p.clock_rate_ratio).contains(&r)));
+    assert!(
+        p.initial_rates
+            .iter()
+            .all(|&r| (1.0..=p.clock_rate_ratio).contains(&r))
+    );
     scenario.nodes = Some(7);
     scenario.latency = Some((Duration::from_millis(5), Duration::from_millis(50)));
     scenario.loss = Some(0.25);
     scenario.watch = Some(true);
     let p = scenario.params(9);
     assert_eq!(p.nodes, 7);
-    assert_eq!(p.latency, (Duration::from_millis(5), Duration::from_millis(50)));
+    assert_eq!(
+        p.latency,
+        (Duration::from_millis(5), Duration::from_millis(50))
+    );
     assert_eq!(p.request_loss, 0.25);
     assert_eq!(p.elector.observation, Observation::Watch);
 }
@@ -193,15 +206,24 @@ fn within_bounds(watch: bool) -> Report {
         assert_ok(&outcome);
         let failover = outcome.failover.expect("the leader was crashed");
         let handover = outcome.handover.expect("the leader was shut down");
-        assert!(failover <= params.failover_bound(), "seed {seed}: {failover:?}");
-        assert!(handover <= params.handover_bound(), "seed {seed}: {handover:?}");
+        assert!(
+            failover <= params.failover_bound(),
+            "seed {seed}: {failover:?}"
+        );
+        assert!(
+            handover <= params.handover_bound(),
+            "seed {seed}: {handover:?}"
+        );
         // Nobody takes over before a lease could have passed on the fastest clock since the
         // crashed leader's last renewal (at most a retry period and a round trip earlier).
         let c = &params.elector;
         let earliest = c.lease_duration.div_f64(params.clock_rate_ratio)
             - c.retry_period
             - params.latency.1 * 2;
-        assert!(failover >= earliest, "seed {seed}: {failover:?} < {earliest:?}");
+        assert!(
+            failover >= earliest,
+            "seed {seed}: {failover:?} < {earliest:?}"
+        );
         report.add(outcome);
     }
     report
@@ -211,7 +233,10 @@ fn within_bounds(watch: bool) -> Report {
 fn failover_and_handover_within_bounds_polling() {
     let report = within_bounds(false);
     let p99 = Report::percentile(&report.handovers, 99.0).expect("samples");
-    assert!(p99 > Duration::from_millis(100), "polling sees a release at its next retry");
+    assert!(
+        p99 > Duration::from_millis(100),
+        "polling sees a release at its next retry"
+    );
 }
 
 #[test]

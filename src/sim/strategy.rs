@@ -1,24 +1,24 @@
 //! proptest strategies over simulation parameters, for property tests of your own
 //! configuration.
 //!
+//! In a test file, inside `proptest! { .. }` or with a `TestRunner` as here:
+//!
 //! ```
-//! use leasehold::{Config, Identity};
 //! use leasehold::sim::{self, strategy};
+//! use leasehold::{Config, Identity};
 //! use proptest::prelude::*;
+//! use proptest::test_runner::{Config as Cases, TestRunner};
 //!
-//! fn my_config() -> Config {
-//!     Config::new(Identity::new("template").expect("non-empty"))
-//! }
-//!
-//! proptest! {
-//!     #![proptest_config(ProptestConfig::with_cases(8))]
-//!     #[test]
-//!     fn my_config_never_has_two_leaders(params in strategy::below_bound(my_config())) {
+//! let my_config = Config::new(Identity::new("template")?);
+//! let mut runner = TestRunner::new(Cases::with_cases(8));
+//! runner
+//!     .run(&strategy::below_bound(my_config), |params| {
 //!         let outcome = sim::run(&params);
-//!         prop_assert!(outcome.ok(), "{outcome}");
-//!     }
-//! }
-//! # fn main() { my_config_never_has_two_leaders(); }
+//!         prop_assert!(outcome.ok(), "{}", outcome);
+//!         Ok(())
+//!     })
+//!     .expect("never two leaders below the bound");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 use proptest::prelude::*;

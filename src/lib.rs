@@ -114,6 +114,8 @@
 
 pub mod config;
 pub mod elector;
+#[cfg(feature = "kube")]
+pub mod kube;
 pub mod lock;
 pub mod record;
 #[cfg(feature = "sim")]

@@ -115,6 +115,29 @@ impl MemoryLock {
     }
 }
 
+#[cfg(feature = "async")]
+impl super::Lock for MemoryLock {
+    async fn get(&self) -> Result<super::Sighting, LockError> {
+        Ok(MemoryLock::get(self))
+    }
+
+    async fn create(&self, record: LeaderElectionRecord) -> Result<Version, LockError> {
+        MemoryLock::create(self, record)
+    }
+
+    async fn update(
+        &self,
+        expected: Version,
+        record: LeaderElectionRecord,
+    ) -> Result<Version, LockError> {
+        MemoryLock::update(self, &expected, record)
+    }
+
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,8 @@ mod memory;
 pub use memory::MemoryLock;
 
 use std::fmt;
+#[cfg(feature = "async")]
+use std::future::Future;
 
 use crate::record::{LeaderElectionRecord, Version, Versioned};
 
@@ -106,5 +108,65 @@ impl fmt::Display for LockErrorKind {
             Self::Unavailable => "unavailable",
             Self::Other => "error",
         })
+    }
+}
+
+/// What a watch reports: the lock's record and version, or `None` when the object is absent.
+pub type Sighting = Option<Versioned<LeaderElectionRecord>>;
+
+/// A lock store the async drivers can use.
+///
+/// `create` must be create-if-absent and `update` a compare-and-swap on the version; `get`
+/// reports an absent object as `Ok(None)`. Every failure is classified ([`LockErrorKind`]) so
+/// the elector reacts correctly. A lock that can push changes implements [`Lock::watch`].
+#[cfg(feature = "async")]
+pub trait Lock: Send + Sync + 'static {
+    /// Reads the record and its version.
+    fn get(&self) -> impl Future<Output = Result<Sighting, LockError>> + Send;
+
+    /// Creates the lock object holding `record`.
+    fn create(
+        &self,
+        record: LeaderElectionRecord,
+    ) -> impl Future<Output = Result<Version, LockError>> + Send;
+
+    /// Replaces the record if the object's version is still `expected`.
+    fn update(
+        &self,
+        expected: Version,
+        record: LeaderElectionRecord,
+    ) -> impl Future<Output = Result<Version, LockError>> + Send;
+
+    /// "namespace/name" or similar, for messages.
+    fn describe(&self) -> String;
+
+    /// A stream of every change of the lock, if the store can push them. Each item is the lock
+    /// as seen then; errors are reported and the stream keeps going (the store re-establishes
+    /// it). The default is `None`: the elector polls.
+    fn watch(
+        &self,
+    ) -> Option<futures_util::stream::BoxStream<'static, Result<Sighting, LockError>>> {
+        None
+    }
+
+    /// Records a Kubernetes-style event about the lock ("became leader", "stopped leading"),
+    /// if the lock is set up to. The default does nothing.
+    fn record_event(&self, message: &str) -> impl Future<Output = ()> + Send {
+        let _ = message;
+        std::future::ready(())
+    }
+
+    /// Performs `request`, as a driver does with [`crate::Action::Lock`].
+    fn execute(&self, request: LockRequest) -> impl Future<Output = LockResult> + Send {
+        async move {
+            match request {
+                LockRequest::Get => self.get().await.map(LockResponse::Record),
+                LockRequest::Create(record) => self.create(record).await.map(LockResponse::Written),
+                LockRequest::Update { expected, record } => self
+                    .update(expected, record)
+                    .await
+                    .map(LockResponse::Written),
+            }
+        }
     }
 }

@@ -1,0 +1,556 @@
+//! Kubernetes locks over kube-rs (feature `kube`).
+//!
+//! * [`LeaseLock`]: a `coordination.k8s.io/v1` Lease, the lock client-go uses today.
+//! * [`EndpointsLock`] and [`ConfigMapLock`]: the record as JSON in the annotation
+//!   [`ANNOTATION_KEY`](crate::record::ANNOTATION_KEY) of a core/v1 object, as the seed package
+//!   and client-go before 1.24 did.
+//! * [`MultiLock`]: a primary and a secondary lock kept in step, for migrating between them.
+//!
+//! Every write is a `PUT` carrying `metadata.resourceVersion` (a compare-and-swap: 409 when
+//! someone else wrote first) or a `POST` that fails when the object exists. An object whose
+//! record cannot be decoded is reported as [`LockErrorKind::InvalidRecord`] and never written.
+//! The lock's labels are merged into the object's on every write, keeping everyone else's, as
+//! client-go's `NewWithLabels` does.
+//!
+//! `Api` calls carry no timeout of their own here: the driver gives every operation the
+//! elector's deadline.
+
+mod multi;
+
+pub use multi::MultiLock;
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff;
+use kube::api::{Api, PostParams};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::lock::{Lock, LockError, LockErrorKind, Sighting};
+use crate::record::{
+    ANNOTATION_KEY, Identity, LeaderElectionRecord, MAX_INT32, RecordError, Version, Versioned,
+};
+use crate::time::Timestamp;
+
+/// A Lease lock (`coordination.k8s.io/v1`).
+pub type LeaseLock = ObjectLock<Lease>;
+/// An Endpoints annotation lock (core/v1).
+pub type EndpointsLock = ObjectLock<Endpoints>;
+/// A ConfigMap annotation lock (core/v1).
+pub type ConfigMapLock = ObjectLock<ConfigMap>;
+
+/// A Kubernetes object that can hold a leader-election record.
+pub trait LockObject:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + Default
+    + Debug
+    + DeserializeOwned
+    + Serialize
+    + Send
+    + Sync
+    + 'static
+{
+    /// The record this object holds.
+    ///
+    /// # Errors
+    /// A [`RecordError`] naming the field that cannot be decoded.
+    fn record(&self) -> Result<LeaderElectionRecord, RecordError>;
+
+    /// Stores `record` in the object, leaving everything else as it is.
+    fn set_record(&mut self, record: &LeaderElectionRecord);
+}
+
+impl LockObject for Lease {
+    /// A Lease without a spec holds the empty record, as in client-go (whose spec is a value).
+    fn record(&self) -> Result<LeaderElectionRecord, RecordError> {
+        match &self.spec {
+            Some(spec) => lease_spec_to_record(spec),
+            None => Ok(LeaderElectionRecord::default()),
+        }
+    }
+
+    fn set_record(&mut self, record: &LeaderElectionRecord) {
+        self.spec = Some(record_to_lease_spec(record));
+    }
+}
+
+impl LockObject for Endpoints {
+    fn record(&self) -> Result<LeaderElectionRecord, RecordError> {
+        annotation_record(self.annotations())
+    }
+
+    fn set_record(&mut self, record: &LeaderElectionRecord) {
+        self.annotations_mut()
+            .insert(ANNOTATION_KEY.to_string(), record.to_json());
+    }
+}
+
+impl LockObject for ConfigMap {
+    fn record(&self) -> Result<LeaderElectionRecord, RecordError> {
+        annotation_record(self.annotations())
+    }
+
+    fn set_record(&mut self, record: &LeaderElectionRecord) {
+        self.annotations_mut()
+            .insert(ANNOTATION_KEY.to_string(), record.to_json());
+    }
+}
+
+/// The annotation locks: a missing annotation is the empty record (client-go), anything else
+/// must decode.
+fn annotation_record(
+    annotations: &BTreeMap<String, String>,
+) -> Result<LeaderElectionRecord, RecordError> {
+    match annotations.get(ANNOTATION_KEY) {
+        None => Ok(LeaderElectionRecord::default()),
+        Some(json) => LeaderElectionRecord::from_json(json),
+    }
+}
+
+/// Converts a Lease spec to a record (client-go's `LeaseSpecToLeaderElectionRecord`), checking
+/// what client-go does not: negative durations or transitions and times outside years
+/// 0000-9999 are errors naming the field.
+///
+/// # Errors
+/// A [`RecordError`] naming the `spec.*` field at fault.
+pub fn lease_spec_to_record(spec: &LeaseSpec) -> Result<LeaderElectionRecord, RecordError> {
+    let non_negative = |field: &'static str, v: Option<i32>| -> Result<u32, RecordError> {
+        match v {
+            None => Ok(0),
+            Some(v) => {
+                u32::try_from(v).map_err(|_| RecordError::new(field, format!("{v} is negative")))
+            }
+        }
+    };
+    let time =
+        |field: &'static str, t: &Option<MicroTime>| -> Result<Option<Timestamp>, RecordError> {
+            t.as_ref()
+                .map(|t| {
+                    Timestamp::from_unix_micros(t.0.as_microsecond())
+                        .map_err(|e| RecordError::new(field, e.to_string()))
+                })
+                .transpose()
+        };
+    let identity = |s: &Option<String>| s.as_deref().and_then(|s| Identity::new(s).ok());
+    Ok(LeaderElectionRecord {
+        holder: identity(&spec.holder_identity),
+        lease_duration_seconds: non_negative(
+            "spec.leaseDurationSeconds",
+            spec.lease_duration_seconds,
+        )?,
+        acquire_time: time("spec.acquireTime", &spec.acquire_time)?,
+        renew_time: time("spec.renewTime", &spec.renew_time)?,
+        leader_transitions: non_negative("spec.leaseTransitions", spec.lease_transitions)?,
+        strategy: spec.strategy.clone().unwrap_or_default(),
+        preferred_holder: identity(&spec.preferred_holder),
+    })
+}
+
+/// Converts a record to a Lease spec as client-go's `LeaderElectionRecordToLeaseSpec` does:
+/// holder (even empty), duration, times and transitions always; strategy and preferred holder
+/// only when set. Values beyond `int32` (which decoding never produces) saturate.
+pub fn record_to_lease_spec(record: &LeaderElectionRecord) -> LeaseSpec {
+    let int32 = |v: u32| i32::try_from(v.min(MAX_INT32)).unwrap_or(i32::MAX);
+    let micro = |t: Option<Timestamp>| {
+        t.and_then(|t| jiff::Timestamp::from_microsecond(t.unix_micros()).ok())
+            .map(MicroTime)
+    };
+    LeaseSpec {
+        holder_identity: Some(
+            record
+                .holder
+                .as_ref()
+                .map_or(String::new(), |h| h.as_str().to_string()),
+        ),
+        lease_duration_seconds: Some(int32(record.lease_duration_seconds)),
+        acquire_time: micro(record.acquire_time),
+        renew_time: micro(record.renew_time),
+        lease_transitions: Some(int32(record.leader_transitions)),
+        strategy: (!record.strategy.is_empty()).then(|| record.strategy.clone()),
+        preferred_holder: record
+            .preferred_holder
+            .as_ref()
+            .map(|h| h.as_str().to_string()),
+    }
+}
+
+/// A lock kept in one namespaced Kubernetes object of kind `K`.
+pub struct ObjectLock<K: LockObject> {
+    api: Api<K>,
+    namespace: String,
+    name: String,
+    labels: BTreeMap<String, String>,
+    /// The object as last read or written: `update` replaces it whole, so labels, annotations
+    /// and owner references others put there survive.
+    cached: Mutex<Option<K>>,
+    events: Option<(Recorder, Identity)>,
+}
+
+impl<K: LockObject> ObjectLock<K> {
+    /// The lock `namespace/name`, reached through `client`.
+    pub fn new(client: Client, namespace: &str, name: &str) -> Self {
+        ObjectLock {
+            api: Api::namespaced(client, namespace),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            labels: BTreeMap::new(),
+            cached: Mutex::new(None),
+            events: None,
+        }
+    }
+
+    /// Labels to put on the object: set on create, merged on every write (other keys kept).
+    pub fn with_labels(mut self, labels: BTreeMap<String, String>) -> Self {
+        self.labels = labels;
+        self
+    }
+
+    /// Records "`<identity>` became leader" / "stopped leading" Events (reason `LeaderElection`)
+    /// on the lock object, reported as `reporter`.
+    pub fn with_events(mut self, client: Client, reporter: Reporter, identity: Identity) -> Self {
+        self.events = Some((Recorder::new(client, reporter), identity));
+        self
+    }
+
+    fn cache(&self) -> MutexGuard<'_, Option<K>> {
+        // The cache is only ever replaced whole: a poisoned lock still holds a valid value.
+        self.cached.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn sighting(&self, object: &K) -> Result<Versioned<LeaderElectionRecord>, LockError> {
+        let version = object.resource_version().ok_or_else(|| {
+            LockError::new(
+                LockErrorKind::InvalidRecord,
+                format!("{} has no metadata.resourceVersion", self.describe()),
+            )
+        })?;
+        let record = object.record().map_err(|e| {
+            LockError::new(
+                LockErrorKind::InvalidRecord,
+                format!("{} holds an unreadable record: {e}", self.describe()),
+            )
+        })?;
+        Ok(Versioned {
+            version: Version::new(version),
+            value: record,
+        })
+    }
+
+    fn merge_labels(&self, object: &mut K) {
+        if !self.labels.is_empty() {
+            let labels = object.labels_mut();
+            for (k, v) in &self.labels {
+                labels.insert(k.clone(), v.clone());
+            }
+        }
+    }
+
+    fn written(&self, object: K) -> Result<Version, LockError> {
+        let version = object.resource_version().ok_or_else(|| {
+            LockError::new(
+                LockErrorKind::Other,
+                format!(
+                    "{}: the server returned no resourceVersion",
+                    self.describe()
+                ),
+            )
+        })?;
+        *self.cache() = Some(object);
+        Ok(Version::new(version))
+    }
+}
+
+impl<K: LockObject> Lock for ObjectLock<K> {
+    async fn get(&self) -> Result<Sighting, LockError> {
+        let object = self
+            .api
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| classify(&self.describe(), e))?;
+        let Some(object) = object else {
+            return Ok(None);
+        };
+        let seen = self.sighting(&object)?;
+        *self.cache() = Some(object);
+        Ok(Some(seen))
+    }
+
+    async fn create(&self, record: LeaderElectionRecord) -> Result<Version, LockError> {
+        let mut object = K::default();
+        object.meta_mut().name = Some(self.name.clone());
+        object.meta_mut().namespace = Some(self.namespace.clone());
+        self.merge_labels(&mut object);
+        object.set_record(&record);
+        let created = self
+            .api
+            .create(&PostParams::default(), &object)
+            .await
+            .map_err(|e| classify(&self.describe(), e))?;
+        self.written(created)
+    }
+
+    async fn update(
+        &self,
+        expected: Version,
+        record: LeaderElectionRecord,
+    ) -> Result<Version, LockError> {
+        let cached = self
+            .cache()
+            .clone()
+            .filter(|o| o.resource_version().as_deref() == Some(expected.as_str()));
+        let mut object = match cached {
+            Some(object) => object,
+            // We know the version (say, from a watch) but not the object: read it, and refuse
+            // at once if it moved on, as the server would.
+            None => {
+                let current = self
+                    .api
+                    .get_opt(&self.name)
+                    .await
+                    .map_err(|e| classify(&self.describe(), e))?
+                    .ok_or_else(|| {
+                        LockError::new(
+                            LockErrorKind::NotFound,
+                            format!("{} is gone", self.describe()),
+                        )
+                    })?;
+                if current.resource_version().as_deref() != Some(expected.as_str()) {
+                    return Err(LockError::new(
+                        LockErrorKind::Conflict,
+                        format!("{} is no longer at version {expected}", self.describe()),
+                    ));
+                }
+                current
+            }
+        };
+        object.set_record(&record);
+        self.merge_labels(&mut object);
+        object.meta_mut().resource_version = Some(expected.as_str().to_string());
+        let replaced = self
+            .api
+            .replace(&self.name, &PostParams::default(), &object)
+            .await
+            .map_err(|e| classify(&self.describe(), e))?;
+        self.written(replaced)
+    }
+
+    fn describe(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    fn watch(&self) -> Option<BoxStream<'static, Result<Sighting, LockError>>> {
+        let describe = self.describe();
+        let stream =
+            kube::runtime::watcher::watch_object(self.api.clone(), &self.name).map(move |event| {
+                match event {
+                    Ok(None) => Ok(None),
+                    Ok(Some(object)) => {
+                        let version = object.resource_version().ok_or_else(|| {
+                            LockError::new(
+                                LockErrorKind::InvalidRecord,
+                                format!("{describe} has no metadata.resourceVersion"),
+                            )
+                        })?;
+                        let record = object.record().map_err(|e| {
+                            LockError::new(
+                                LockErrorKind::InvalidRecord,
+                                format!("{describe} holds an unreadable record: {e}"),
+                            )
+                        })?;
+                        Ok(Some(Versioned {
+                            version: Version::new(version),
+                            value: record,
+                        }))
+                    }
+                    Err(e) => Err(LockError::new(
+                        LockErrorKind::Other,
+                        format!("watching {describe}: {e}"),
+                    )),
+                }
+            });
+        Some(stream.boxed())
+    }
+
+    async fn record_event(&self, message: &str) {
+        let Some((recorder, identity)) = &self.events else {
+            return;
+        };
+        let reference = self
+            .cache()
+            .as_ref()
+            .map_or_else(|| self.reference_by_name(), |o| o.object_ref(&()));
+        let event = KubeEvent {
+            type_: EventType::Normal,
+            reason: "LeaderElection".into(),
+            note: Some(format!("{identity} {message}")),
+            action: "LeaderElection".into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, &reference).await {
+            tracing::warn!(lock = %self.describe(), error = %e, "could not record a leader election event");
+        }
+    }
+}
+
+impl<K: LockObject> ObjectLock<K> {
+    fn reference_by_name(&self) -> ObjectReference {
+        ObjectReference {
+            api_version: Some(K::api_version(&()).into_owned()),
+            kind: Some(K::kind(&()).into_owned()),
+            name: Some(self.name.clone()),
+            namespace: Some(self.namespace.clone()),
+            ..Default::default()
+        }
+    }
+}
+
+/// Maps a kube error onto the classes the elector acts on, keeping the server's message.
+pub(crate) fn classify(what: &str, e: kube::Error) -> LockError {
+    let kind = match &e {
+        kube::Error::Api(status) => match status.code {
+            404 => LockErrorKind::NotFound,
+            409 if status.reason == "AlreadyExists" => LockErrorKind::AlreadyExists,
+            409 => LockErrorKind::Conflict,
+            401 | 403 => LockErrorKind::Unauthorized,
+            408 | 504 => LockErrorKind::Timeout,
+            429 | 500..=599 => LockErrorKind::Unavailable,
+            _ => LockErrorKind::Other,
+        },
+        kube::Error::SerdeError(_) => LockErrorKind::InvalidRecord,
+        _ => LockErrorKind::Other,
+    };
+    LockError::new(kind, format!("{what}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        Timestamp::parse_rfc3339(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn full_record() -> LeaderElectionRecord {
+        LeaderElectionRecord {
+            holder: Identity::new("foo").ok(),
+            lease_duration_seconds: 10,
+            acquire_time: Some(ts("2024-01-02T03:04:05.123456Z")),
+            renew_time: Some(ts("2024-01-02T03:04:06.654321Z")),
+            leader_transitions: 1,
+            strategy: "strategy".into(),
+            preferred_holder: Identity::new("preferred-holder").ok(),
+        }
+    }
+
+    /// client-go's TestLeaseSpecToLeaderElectionRecordRoundTrip and TestLeaseConversion: all
+    /// seven fields survive record -> spec -> record, at microsecond precision.
+    #[test]
+    fn lease_spec_round_trip() {
+        let record = full_record();
+        let spec = record_to_lease_spec(&record);
+        assert_eq!(spec.holder_identity.as_deref(), Some("foo"));
+        assert_eq!(spec.lease_transitions, Some(1));
+        assert_eq!(lease_spec_to_record(&spec), Ok(record));
+        assert_eq!(
+            record_to_lease_spec(&lease_spec_to_record(&spec).expect("valid")),
+            spec
+        );
+    }
+
+    #[test]
+    fn empty_fields_follow_client_go() {
+        let spec = record_to_lease_spec(&LeaderElectionRecord::default());
+        assert_eq!(
+            spec.holder_identity.as_deref(),
+            Some(""),
+            "holder always written"
+        );
+        assert_eq!(spec.lease_duration_seconds, Some(0));
+        assert_eq!(spec.strategy, None, "only when set");
+        assert_eq!(spec.preferred_holder, None);
+        assert_eq!(spec.acquire_time, None);
+        assert_eq!(
+            lease_spec_to_record(&LeaseSpec::default()),
+            Ok(LeaderElectionRecord::default())
+        );
+        assert_eq!(
+            Lease::default().record(),
+            Ok(LeaderElectionRecord::default())
+        );
+    }
+
+    #[test]
+    fn hostile_specs_are_errors_naming_the_field() {
+        let negative = LeaseSpec {
+            lease_duration_seconds: Some(-5),
+            ..Default::default()
+        };
+        assert_eq!(
+            lease_spec_to_record(&negative).map_err(|e| e.field),
+            Err("spec.leaseDurationSeconds")
+        );
+        let transitions = LeaseSpec {
+            lease_transitions: Some(i32::MIN),
+            ..Default::default()
+        };
+        assert_eq!(
+            lease_spec_to_record(&transitions).map_err(|e| e.field),
+            Err("spec.leaseTransitions")
+        );
+        let ancient = LeaseSpec {
+            renew_time: Some(MicroTime(
+                jiff::Timestamp::from_second(-100_000_000_000).expect("in jiff's range"),
+            )),
+            ..Default::default()
+        };
+        assert_eq!(
+            lease_spec_to_record(&ancient).map_err(|e| e.field),
+            Err("spec.renewTime")
+        );
+    }
+
+    #[test]
+    fn annotation_records() {
+        let mut cm = ConfigMap::default();
+        assert_eq!(cm.record(), Ok(LeaderElectionRecord::default()));
+        cm.set_record(&full_record());
+        let json = cm
+            .annotations()
+            .get(ANNOTATION_KEY)
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            json.contains(r#""acquireTime":"2024-01-02T03:04:05Z""#),
+            "{json}"
+        );
+        let back = cm.record().expect("decodes");
+        assert_eq!(
+            back.acquire_time,
+            Some(ts("2024-01-02T03:04:05Z")),
+            "whole seconds"
+        );
+        cm.annotations_mut()
+            .insert(ANNOTATION_KEY.into(), "{not json".into());
+        assert_eq!(cm.record().map_err(|e| e.field), Err("record"));
+        let mut ep = Endpoints::default();
+        ep.annotations_mut().insert(
+            ANNOTATION_KEY.into(),
+            r#"{"leaseDurationSeconds":-1}"#.into(),
+        );
+        assert_eq!(
+            ep.record().map_err(|e| e.field),
+            Err("leaseDurationSeconds")
+        );
+    }
+}

@@ -1,0 +1,281 @@
+//! MultiLock: two locks kept in step, for moving from one kind of lock to another.
+
+use crate::lock::{Lock, LockError, LockErrorKind, Sighting};
+use crate::record::{Identity, LeaderElectionRecord, UNKNOWN_LEADER, Version, Versioned};
+
+/// A primary and a secondary lock treated as one, as client-go's MultiLock (used to migrate
+/// from Endpoints or ConfigMap locks to Leases while old and new clients run side by side).
+///
+/// * `get` reads both. A missing secondary is fine while the primary is held by someone else
+///   (an old client that knows only the primary). When the two name different holders, the
+///   record names [`UNKNOWN_LEADER`], which nobody can be, so nobody takes over until it
+///   expires.
+/// * `create` creates the primary (tolerating one that exists) and then the secondary.
+/// * `update` writes the primary (compare-and-swap on its version), then creates or updates the
+///   secondary.
+///
+/// The version is both objects' versions together; a change in either is a change.
+pub struct MultiLock<P, S> {
+    primary: P,
+    secondary: S,
+    identity: Identity,
+}
+
+impl<P: Lock, S: Lock> MultiLock<P, S> {
+    /// Combines `primary` and `secondary` for the candidate `identity`.
+    pub fn new(primary: P, secondary: S, identity: Identity) -> Self {
+        MultiLock {
+            primary,
+            secondary,
+            identity,
+        }
+    }
+}
+
+/// The combined version: `primary|secondary` (secondary empty when absent).
+fn join(primary: &Version, secondary: Option<&Version>) -> Version {
+    Version::new(format!(
+        "{}|{}",
+        primary.as_str(),
+        secondary.map_or("", Version::as_str)
+    ))
+}
+
+fn split(version: &Version) -> Option<(Version, Option<Version>)> {
+    let (p, s) = version.as_str().split_once('|')?;
+    Some((Version::new(p), (!s.is_empty()).then(|| Version::new(s))))
+}
+
+impl<P: Lock, S: Lock> Lock for MultiLock<P, S> {
+    async fn get(&self) -> Result<Sighting, LockError> {
+        let Some(primary) = self.primary.get().await? else {
+            return Ok(None);
+        };
+        let secondary = match self.secondary.get().await? {
+            Some(secondary) => secondary,
+            // Held by an old client that does not know the secondary: the primary rules.
+            None if !primary.value.is_held_by(&self.identity) => {
+                return Ok(Some(Versioned {
+                    version: join(&primary.version, None),
+                    value: primary.value,
+                }));
+            }
+            None => {
+                return Err(LockError::new(
+                    LockErrorKind::NotFound,
+                    format!("{} is missing its secondary", self.describe()),
+                ));
+            }
+        };
+        let mut value = primary.value;
+        if value.holder != secondary.value.holder {
+            value.holder = Some(Identity(UNKNOWN_LEADER.to_string()));
+        }
+        Ok(Some(Versioned {
+            version: join(&primary.version, Some(&secondary.version)),
+            value,
+        }))
+    }
+
+    async fn create(&self, record: LeaderElectionRecord) -> Result<Version, LockError> {
+        let primary = match self.primary.create(record.clone()).await {
+            Ok(v) => v,
+            // client-go ignores an existing primary here.
+            Err(e) if e.kind == LockErrorKind::AlreadyExists => match self.primary.get().await? {
+                Some(current) => current.version,
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
+        let secondary = self.secondary.create(record).await?;
+        Ok(join(&primary, Some(&secondary)))
+    }
+
+    async fn update(
+        &self,
+        expected: Version,
+        record: LeaderElectionRecord,
+    ) -> Result<Version, LockError> {
+        let Some((primary_expected, _)) = split(&expected) else {
+            return Err(LockError::new(
+                LockErrorKind::Conflict,
+                format!("{expected} is not a version of {}", self.describe()),
+            ));
+        };
+        let primary = self
+            .primary
+            .update(primary_expected, record.clone())
+            .await?;
+        let secondary = match self.secondary.get().await? {
+            None => self.secondary.create(record).await?,
+            Some(current) => self.secondary.update(current.version, record).await?,
+        };
+        Ok(join(&primary, Some(&secondary)))
+    }
+
+    fn describe(&self) -> String {
+        format!("{}+{}", self.primary.describe(), self.secondary.describe())
+    }
+
+    async fn record_event(&self, message: &str) {
+        self.primary.record_event(message).await;
+        self.secondary.record_event(message).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! client-go's MultiLock cases (reference 3.10, v0.17-v0.27), on two in-memory locks with
+    //! the elector in the loop where the case is about acquiring.
+
+    use super::*;
+    use crate::lock::MemoryLock;
+    use crate::{Action, Config, Elector, Event, Input, Instant, Now, Timestamp};
+    use std::time::Duration;
+
+    fn record(holder: &str) -> LeaderElectionRecord {
+        LeaderElectionRecord {
+            holder: Identity::new(holder).ok(),
+            lease_duration_seconds: 10,
+            ..Default::default()
+        }
+    }
+
+    fn baz() -> Identity {
+        Identity::new("baz").expect("non-empty")
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        // These futures never wait: the in-memory lock answers at once.
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut f = std::pin::pin!(f);
+        loop {
+            if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+        }
+    }
+
+    /// Drives an elector for `baz` against the lock for `secs` seconds (instant answers).
+    fn drive(lock: &MultiLock<MemoryLock, MemoryLock>, secs: u64) -> (bool, Vec<Event>) {
+        let mut config = Config::new(baz());
+        config.lease_duration = Duration::from_secs(10);
+        config.renew_deadline = Duration::from_secs(5);
+        let mut now = Now::new(Instant::ZERO, Timestamp::UNIX_EPOCH);
+        let mut e = Elector::new(config, now, 1).expect("valid");
+        let mut events = Vec::new();
+        loop {
+            match e.poll_action() {
+                Action::Lock { op, request, .. } => {
+                    let result = block_on(lock.execute(request));
+                    e.handle_input(Input::LockResult { now, op, result });
+                }
+                Action::Emit(ev) => events.push(ev),
+                Action::SleepUntil { at, .. } if at <= Instant::from_secs(secs) => {
+                    now = Now::new(at, Timestamp::UNIX_EPOCH);
+                    e.handle_input(Input::Timeout(now));
+                }
+                Action::SleepUntil { .. } | Action::Done => break,
+            }
+        }
+        (e.is_leader(now.instant), events)
+    }
+
+    fn multi() -> (MemoryLock, MemoryLock, MultiLock<MemoryLock, MemoryLock>) {
+        let (p, s) = (MemoryLock::new(), MemoryLock::new());
+        let m = MultiLock::new(p.clone(), s.clone(), baz());
+        (p, s, m)
+    }
+
+    #[test]
+    fn acquire_from_no_object_creates_both() {
+        let (p, s, m) = multi();
+        assert!(drive(&m, 0).0);
+        assert!(p.get().is_some_and(|r| r.value.is_held_by(&baz())));
+        assert!(s.get().is_some_and(|r| r.value.is_held_by(&baz())));
+    }
+
+    #[test]
+    fn acquire_from_unled_old_object_creates_the_secondary() {
+        let (p, s, m) = multi();
+        p.create(LeaderElectionRecord::default()).expect("absent");
+        assert!(drive(&m, 0).0);
+        assert!(s.get().is_some_and(|r| r.value.is_held_by(&baz())));
+    }
+
+    #[test]
+    fn acquire_from_unled_transition_object() {
+        let (p, s, m) = multi();
+        p.create(LeaderElectionRecord::default()).expect("absent");
+        s.create(LeaderElectionRecord::default()).expect("absent");
+        assert!(drive(&m, 0).0);
+        assert_eq!(s.get().map(|r| r.value.leader_transitions), Some(1));
+    }
+
+    #[test]
+    fn acquire_from_led_unacked_old_and_transition_objects() {
+        // old object: only the primary, held by bing, never renewed
+        let (p, _s, m) = multi();
+        p.create(record("bing")).expect("absent");
+        assert!(drive(&m, 20).0, "taken after the lease");
+        // transition object: both held by bing
+        let (p, s, m) = multi();
+        p.create(record("bing")).expect("absent");
+        s.create(record("bing")).expect("absent");
+        assert!(drive(&m, 20).0);
+    }
+
+    #[test]
+    fn conflicting_holders_read_as_unknown_and_block() {
+        let (p, s, m) = multi();
+        p.create(record("bing")).expect("absent");
+        s.create(record("baz")).expect("absent");
+        let seen = block_on(m.get()).expect("readable").expect("present");
+        assert_eq!(
+            seen.value.holder.as_ref().map(Identity::as_str),
+            Some(UNKNOWN_LEADER)
+        );
+        let (leading, events) = drive(&m, 5);
+        assert!(
+            !leading,
+            "acquire from conflict led, ack transition object: false"
+        );
+        assert!(events.contains(&Event::NewLeader(Identity::new(UNKNOWN_LEADER).ok())));
+        // "acquire from led, unack unknown object": once the unknown holder's lease passes
+        // unchanged, baz takes both.
+        assert!(drive(&m, 30).0);
+        assert!(p.get().is_some_and(|r| r.value.is_held_by(&baz())));
+    }
+
+    #[test]
+    fn dont_acquire_from_led_acked_objects() {
+        // old object
+        let (p, _s, m) = multi();
+        p.create(record("bing")).expect("absent");
+        assert!(!drive(&m, 5).0);
+        // new object, both held by bing
+        let (p, s, m) = multi();
+        p.create(record("bing")).expect("absent");
+        s.create(record("bing")).expect("absent");
+        let (leading, events) = drive(&m, 5);
+        assert!(!leading);
+        assert!(events.contains(&Event::NewLeader(Identity::new("bing").ok())));
+    }
+
+    #[test]
+    fn renew_already_acquired_object() {
+        let (p, s, m) = multi();
+        p.create(record("baz")).expect("absent");
+        s.create(record("baz")).expect("absent");
+        assert!(drive(&m, 6).0, "renews past one renew deadline");
+        assert_eq!(p.get().map(|r| r.value.leader_transitions), Some(0));
+    }
+
+    #[test]
+    fn a_foreign_version_string_is_a_conflict() {
+        let (_p, _s, m) = multi();
+        let err = block_on(m.update(Version::new("no-separator"), record("baz")));
+        assert_eq!(err.map_err(|e| e.kind), Err(LockErrorKind::Conflict));
+    }
+}

@@ -2,7 +2,7 @@
 //!
 //! * [`LeaseLock`]: a `coordination.k8s.io/v1` Lease, the lock client-go uses today.
 //! * [`EndpointsLock`] and [`ConfigMapLock`]: the record as JSON in the annotation
-//!   [`ANNOTATION_KEY`](crate::record::ANNOTATION_KEY) of a core/v1 object, as the seed package
+//!   [`ANNOTATION_KEY`] of a core/v1 object, as the seed package
 //!   and client-go before 1.24 did.
 //! * [`MultiLock`]: a primary and a secondary lock kept in step, for migrating between them.
 //!
@@ -31,6 +31,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff;
 use kube::api::{Api, PostParams};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -69,6 +70,10 @@ pub trait LockObject:
 
     /// Stores `record` in the object, leaving everything else as it is.
     fn set_record(&mut self, record: &LeaderElectionRecord);
+
+    /// Which field makes `raw` (the object as JSON) impossible to decode as `Self`: the typed
+    /// decoder only says where in the text it stopped.
+    fn diagnose(raw: &serde_json::Value) -> Option<RecordError>;
 }
 
 impl LockObject for Lease {
@@ -83,6 +88,71 @@ impl LockObject for Lease {
     fn set_record(&mut self, record: &LeaderElectionRecord) {
         self.spec = Some(record_to_lease_spec(record));
     }
+
+    fn diagnose(raw: &serde_json::Value) -> Option<RecordError> {
+        use serde_json::Value;
+        let spec = match raw.get("spec") {
+            None | Some(Value::Null) => return None,
+            Some(Value::Object(spec)) => spec,
+            Some(_) => return Some(RecordError::new("spec", "expected an object")),
+        };
+        let field = |name: &str| spec.get(name).filter(|v| !v.is_null());
+        for name in ["holderIdentity", "strategy", "preferredHolder"] {
+            if field(name).is_some_and(|v| !v.is_string()) {
+                return Some(RecordError::new(spec_field(name), "expected a string"));
+            }
+        }
+        for name in ["leaseDurationSeconds", "leaseTransitions"] {
+            if let Some(v) = field(name)
+                && v.as_i64().and_then(|n| i32::try_from(n).ok()).is_none()
+            {
+                return Some(RecordError::new(
+                    spec_field(name),
+                    format!("expected an int32, got {v}"),
+                ));
+            }
+        }
+        for name in ["acquireTime", "renewTime"] {
+            if let Some(v) = field(name) {
+                let parsed = v.as_str().map(Timestamp::parse_rfc3339);
+                match parsed {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Some(RecordError::new(spec_field(name), e.to_string())),
+                    None => {
+                        return Some(RecordError::new(spec_field(name), "expected a time string"));
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+fn spec_field(name: &str) -> &'static str {
+    match name {
+        "holderIdentity" => "spec.holderIdentity",
+        "strategy" => "spec.strategy",
+        "preferredHolder" => "spec.preferredHolder",
+        "leaseDurationSeconds" => "spec.leaseDurationSeconds",
+        "leaseTransitions" => "spec.leaseTransitions",
+        "acquireTime" => "spec.acquireTime",
+        _ => "spec.renewTime",
+    }
+}
+
+/// The annotation locks: annotations must be a map of strings.
+fn diagnose_annotations(raw: &serde_json::Value) -> Option<RecordError> {
+    match raw.pointer("/metadata/annotations") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Object(map)) => map
+            .values()
+            .any(|v| !v.is_string())
+            .then(|| RecordError::new("metadata.annotations", "expected string values")),
+        Some(_) => Some(RecordError::new(
+            "metadata.annotations",
+            "expected an object",
+        )),
+    }
 }
 
 impl LockObject for Endpoints {
@@ -94,6 +164,10 @@ impl LockObject for Endpoints {
         self.annotations_mut()
             .insert(ANNOTATION_KEY.to_string(), record.to_json());
     }
+
+    fn diagnose(raw: &serde_json::Value) -> Option<RecordError> {
+        diagnose_annotations(raw)
+    }
 }
 
 impl LockObject for ConfigMap {
@@ -104,6 +178,10 @@ impl LockObject for ConfigMap {
     fn set_record(&mut self, record: &LeaderElectionRecord) {
         self.annotations_mut()
             .insert(ANNOTATION_KEY.to_string(), record.to_json());
+    }
+
+    fn diagnose(raw: &serde_json::Value) -> Option<RecordError> {
+        diagnose_annotations(raw)
     }
 }
 
@@ -273,11 +351,11 @@ impl<K: LockObject> ObjectLock<K> {
 
 impl<K: LockObject> Lock for ObjectLock<K> {
     async fn get(&self) -> Result<Sighting, LockError> {
-        let object = self
-            .api
-            .get_opt(&self.name)
-            .await
-            .map_err(|e| classify(&self.describe(), e))?;
+        let object = match self.api.get_opt(&self.name).await {
+            Ok(object) => object,
+            Err(kube::Error::SerdeError(e)) => return Err(self.explain_undecodable(&e).await),
+            Err(e) => return Err(classify(&self.describe(), e)),
+        };
         let Some(object) = object else {
             return Ok(None);
         };
@@ -351,33 +429,33 @@ impl<K: LockObject> Lock for ObjectLock<K> {
 
     fn watch(&self) -> Option<BoxStream<'static, Result<Sighting, LockError>>> {
         let describe = self.describe();
-        let stream =
-            kube::runtime::watcher::watch_object(self.api.clone(), &self.name).map(move |event| {
-                match event {
-                    Ok(None) => Ok(None),
-                    Ok(Some(object)) => {
-                        let version = object.resource_version().ok_or_else(|| {
-                            LockError::new(
-                                LockErrorKind::InvalidRecord,
-                                format!("{describe} has no metadata.resourceVersion"),
-                            )
-                        })?;
-                        let record = object.record().map_err(|e| {
-                            LockError::new(
-                                LockErrorKind::InvalidRecord,
-                                format!("{describe} holds an unreadable record: {e}"),
-                            )
-                        })?;
-                        Ok(Some(Versioned {
-                            version: Version::new(version),
-                            value: record,
-                        }))
-                    }
-                    Err(e) => Err(LockError::new(
-                        LockErrorKind::Other,
-                        format!("watching {describe}: {e}"),
-                    )),
+        // With backoff, a broken watch is retried after a pause, not in a tight loop.
+        let stream = kube::runtime::watcher::watch_object(self.api.clone(), &self.name)
+            .default_backoff()
+            .map(move |event| match event {
+                Ok(None) => Ok(None),
+                Ok(Some(object)) => {
+                    let version = object.resource_version().ok_or_else(|| {
+                        LockError::new(
+                            LockErrorKind::InvalidRecord,
+                            format!("{describe} has no metadata.resourceVersion"),
+                        )
+                    })?;
+                    let record = object.record().map_err(|e| {
+                        LockError::new(
+                            LockErrorKind::InvalidRecord,
+                            format!("{describe} holds an unreadable record: {e}"),
+                        )
+                    })?;
+                    Ok(Some(Versioned {
+                        version: Version::new(version),
+                        value: record,
+                    }))
                 }
+                Err(e) => Err(LockError::new(
+                    LockErrorKind::Other,
+                    format!("watching {describe}: {e}"),
+                )),
             });
         Some(stream.boxed())
     }
@@ -404,6 +482,30 @@ impl<K: LockObject> Lock for ObjectLock<K> {
 }
 
 impl<K: LockObject> ObjectLock<K> {
+    /// The object exists but does not decode: fetch it as plain JSON to name the field.
+    async fn explain_undecodable(&self, e: &serde_json::Error) -> LockError {
+        let request = kube::core::Request::new(K::url_path(&(), Some(&self.namespace)))
+            .get(&self.name, &kube::api::GetParams::default());
+        let raw = match request {
+            Ok(request) => self
+                .api
+                .clone()
+                .into_client()
+                .request_text(request)
+                .await
+                .ok(),
+            Err(_) => None,
+        };
+        let field = raw
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .and_then(|value| K::diagnose(&value));
+        let detail = field.map_or_else(|| e.to_string(), |f| f.to_string());
+        LockError::new(
+            LockErrorKind::InvalidRecord,
+            format!("{} holds an unreadable record: {detail}", self.describe()),
+        )
+    }
+
     fn reference_by_name(&self) -> ObjectReference {
         ObjectReference {
             api_version: Some(K::api_version(&()).into_owned()),

@@ -1,0 +1,705 @@
+//! A Kubernetes API test server: the subset of the API the locks use, on 127.0.0.1, started by
+//! the tests themselves, so kube-rs talks real HTTP to something that behaves like an API
+//! server.
+//!
+//! # What it implements
+//!
+//! * Resources: `coordination.k8s.io/v1` leases, core/v1 endpoints and configmaps (namespaced),
+//!   and `events.k8s.io/v1` events (accepted and kept, for the event tests).
+//! * Verbs: GET (object or list, with `fieldSelector=metadata.name=<name>`), GET with
+//!   `watch=true` (newline-delimited watch events from `resourceVersion` on, history replayed,
+//!   then live), POST (create: 409 `AlreadyExists` if present), PUT (replace: 404 if absent,
+//!   409 `Conflict` if `metadata.resourceVersion` is stale; without one it is unconditional, as
+//!   Kubernetes does), DELETE, and PATCH for events.
+//! * `resourceVersion`: one counter for the whole server, bumped by every write; objects get a
+//!   `uid` and `creationTimestamp` on create.
+//! * Validation: a Lease whose `spec.leaseDurationSeconds` is not positive is refused with 422,
+//!   as the real API server does (client-go once tripped on this when releasing).
+//! * Errors come as `Status` bodies: 404 `NotFound`, 409 `AlreadyExists` / `Conflict`, 422
+//!   `Invalid`, 429 `TooManyRequests`, 500 `InternalError`.
+//! * Faults on demand: latency, failing the next N requests or every Nth with a status,
+//!   hanging requests until released, dropping connections without an answer, and bursts of
+//!   writes by a foreign writer.
+//!
+//! # What it does not
+//!
+//! Authentication and authorization, label selectors, pagination (`limit`/`continue`), server-
+//! side apply, strategic-merge or JSON patches (PATCH is accepted only for events and echoes its
+//! body), bookmarks, watch timeouts and `410 Gone` (history is kept whole), admission, garbage
+//! collection, and any resource other than the four above.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
+
+/// The kinds of object the server stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Lease,
+    Endpoints,
+    ConfigMap,
+    Event,
+}
+
+impl Kind {
+    fn api_version(self) -> &'static str {
+        match self {
+            Kind::Lease => "coordination.k8s.io/v1",
+            Kind::Endpoints | Kind::ConfigMap => "v1",
+            Kind::Event => "events.k8s.io/v1",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Lease => "Lease",
+            Kind::Endpoints => "Endpoints",
+            Kind::ConfigMap => "ConfigMap",
+            Kind::Event => "Event",
+        }
+    }
+
+    fn resource(self) -> &'static str {
+        match self {
+            Kind::Lease => "leases.coordination.k8s.io",
+            Kind::Endpoints => "endpoints",
+            Kind::ConfigMap => "configmaps",
+            Kind::Event => "events.events.k8s.io",
+        }
+    }
+}
+
+type Key = (Kind, String, String);
+type Body = BoxBody<Bytes, Infallible>;
+
+struct Watcher {
+    kind: Kind,
+    namespace: String,
+    name: Option<String>,
+    tx: mpsc::UnboundedSender<Bytes>,
+}
+
+#[derive(Default)]
+struct Faults {
+    latency: Duration,
+    fail_next: VecDeque<u16>,
+    fail_every: Option<(u64, u16)>,
+    hang: bool,
+    drop_next: u32,
+}
+
+#[derive(Default)]
+struct State {
+    resource_version: u64,
+    objects: BTreeMap<Key, Value>,
+    history: Vec<(u64, Key, &'static str, Value)>,
+    watchers: Vec<Watcher>,
+    faults: Faults,
+    requests: Vec<String>,
+    served: u64,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    unhang: Notify,
+}
+
+/// A running test server; it stops when dropped.
+pub struct ApiServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ApiServer {
+    /// Starts a server on a free port of 127.0.0.1.
+    pub async fn start() -> ApiServer {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("bound");
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            unhang: Notify::new(),
+        });
+        let for_task = shared.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let shared = for_task.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| handle(shared.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        ApiServer { addr, shared, task }
+    }
+
+    /// A kube client for this server.
+    pub fn client(&self) -> kube::Client {
+        let url: hyper::Uri = format!("http://{}", self.addr).parse().expect("valid url");
+        let mut config = kube::Config::new(url);
+        // Faults must reach the code under test, not be retried away inside the client.
+        config.default_retry = false;
+        kube::Client::try_from(config).expect("client")
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The stored object, if any.
+    pub fn object(&self, kind: Kind, namespace: &str, name: &str) -> Option<Value> {
+        self.state()
+            .objects
+            .get(&(kind, namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// Stores `object` as is (no validation), as a foreign writer or a corrupt store might.
+    /// Metadata (name, namespace, resourceVersion) is filled in.
+    pub fn put_raw(&self, kind: Kind, namespace: &str, name: &str, mut object: Value) {
+        let mut st = self.state();
+        let key = (kind, namespace.to_string(), name.to_string());
+        let event = if st.objects.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        st.resource_version += 1;
+        let rv = st.resource_version;
+        stamp(&mut object, kind, namespace, name, rv);
+        st.commit(key, event, object);
+    }
+
+    /// Deletes the object, as an administrator might.
+    pub fn delete(&self, kind: Kind, namespace: &str, name: &str) {
+        let mut st = self.state();
+        let key = (kind, namespace.to_string(), name.to_string());
+        if let Some(object) = st.objects.remove(&key) {
+            st.resource_version += 1;
+            st.notify(&key, "DELETED", &object);
+        }
+    }
+
+    /// `count` writes by a foreign writer, each changing an annotation (and the version).
+    pub fn foreign_writes(&self, kind: Kind, namespace: &str, name: &str, count: u32) {
+        for i in 0..count {
+            let Some(mut object) = self.object(kind, namespace, name) else {
+                return;
+            };
+            object["metadata"]["annotations"]["example.com/foreign-writer"] = json!(i.to_string());
+            self.put_raw(kind, namespace, name, object);
+        }
+    }
+
+    pub fn set_latency(&self, latency: Duration) {
+        self.state().faults.latency = latency;
+    }
+
+    /// Answers the next requests with these statuses, in order.
+    pub fn fail_next(&self, statuses: &[u16]) {
+        self.state().faults.fail_next.extend(statuses);
+    }
+
+    /// Answers every `n`th request with `status` (`None` to stop).
+    pub fn fail_every(&self, every: Option<(u64, u16)>) {
+        self.state().faults.fail_every = every;
+    }
+
+    /// While on, requests get no answer (they wait); turning it off releases them.
+    pub fn hang(&self, on: bool) {
+        self.state().faults.hang = on;
+        if !on {
+            self.shared.unhang.notify_waiters();
+        }
+    }
+
+    /// Closes the connection of the next `n` requests without answering.
+    pub fn drop_next(&self, n: u32) {
+        self.state().faults.drop_next += n;
+    }
+
+    /// Every request served so far, as "METHOD path?query".
+    pub fn requests(&self) -> Vec<String> {
+        self.state().requests.clone()
+    }
+
+    /// The events recorded through events.k8s.io.
+    pub fn events(&self) -> Vec<Value> {
+        self.state()
+            .objects
+            .iter()
+            .filter(|((k, _, _), _)| *k == Kind::Event)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+impl State {
+    fn commit(&mut self, key: Key, event: &'static str, object: Value) {
+        self.notify(&key, event, &object);
+        self.objects.insert(key, object);
+    }
+
+    fn notify(&mut self, key: &Key, event: &'static str, object: &Value) {
+        let rv = self.resource_version;
+        self.history.push((rv, key.clone(), event, object.clone()));
+        let line = watch_line(event, object);
+        self.watchers.retain(|w| {
+            if w.kind == key.0
+                && w.namespace == key.1
+                && w.name.as_ref().is_none_or(|n| *n == key.2)
+            {
+                w.tx.send(line.clone()).is_ok()
+            } else {
+                !w.tx.is_closed()
+            }
+        });
+    }
+}
+
+fn watch_line(event: &str, object: &Value) -> Bytes {
+    let mut line =
+        serde_json::to_vec(&json!({"type": event, "object": object})).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+fn stamp(object: &mut Value, kind: Kind, namespace: &str, name: &str, rv: u64) {
+    if !object.is_object() {
+        *object = json!({});
+    }
+    object["apiVersion"] = json!(kind.api_version());
+    object["kind"] = json!(kind.name());
+    if !object["metadata"].is_object() {
+        object["metadata"] = json!({});
+    }
+    let meta = &mut object["metadata"];
+    meta["name"] = json!(name);
+    meta["namespace"] = json!(namespace);
+    meta["resourceVersion"] = json!(rv.to_string());
+    if meta.get("uid").is_none() {
+        meta["uid"] = json!(format!("uid-{name}-{rv}"));
+        meta["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+    }
+}
+
+fn status(
+    code: u16,
+    reason: &str,
+    message: String,
+    kind: Option<Kind>,
+    name: &str,
+) -> Response<Body> {
+    let body = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "details": {"name": name, "kind": kind.map_or("", Kind::resource)},
+        "code": code,
+    });
+    respond(
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &body,
+    )
+}
+
+fn injected(code: u16) -> Response<Body> {
+    let reason = match code {
+        404 => "NotFound",
+        409 => "Conflict",
+        422 => "Invalid",
+        429 => "TooManyRequests",
+        500 => "InternalError",
+        503 => "ServiceUnavailable",
+        504 => "Timeout",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        _ => "Unknown",
+    };
+    status(code, reason, format!("injected fault: {reason}"), None, "")
+}
+
+fn respond(code: StatusCode, body: &Value) -> Response<Body> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(bytes)).boxed());
+    *response.status_mut() = code;
+    response.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn percent_decode(s: &str) -> String {
+    let hex = |c: u8| (c as char).to_digit(16).and_then(|d| u8::try_from(d).ok());
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(hi * 16 + lo);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Path -> (kind, namespace, name).
+fn route(path: &str) -> Option<(Kind, String, Option<String>)> {
+    let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (kind, rest) = match seg.as_slice() {
+        ["apis", "coordination.k8s.io", "v1", "namespaces", rest @ ..] => (Kind::Lease, rest),
+        ["apis", "events.k8s.io", "v1", "namespaces", rest @ ..] => (Kind::Event, rest),
+        ["api", "v1", "namespaces", rest @ ..] => match rest.get(1) {
+            Some(&"endpoints") => (Kind::Endpoints, rest),
+            Some(&"configmaps") => (Kind::ConfigMap, rest),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let plural = match kind {
+        Kind::Lease => "leases",
+        Kind::Event => "events",
+        Kind::Endpoints => "endpoints",
+        Kind::ConfigMap => "configmaps",
+    };
+    match rest {
+        [ns, p] if *p == plural => Some((kind, ns.to_string(), None)),
+        [ns, p, name] if *p == plural => Some((kind, ns.to_string(), Some(name.to_string()))),
+        _ => None,
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, std::io::Error> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query: BTreeMap<String, String> = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), percent_decode(v)))
+        .collect();
+
+    // Faults first.
+    let (latency, injected_status, hang, drop) = {
+        let mut st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.served += 1;
+        st.requests.push(format!("{method} {}", req.uri()));
+        let served = st.served;
+        let f = &mut st.faults;
+        let drop = f.drop_next > 0;
+        if drop {
+            f.drop_next -= 1;
+        }
+        let status = f.fail_next.pop_front().or_else(|| {
+            f.fail_every
+                .and_then(|(n, code)| (n > 0 && served.is_multiple_of(n)).then_some(code))
+        });
+        (f.latency, status, f.hang, drop)
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if hang {
+        loop {
+            let notified = shared.unhang.notified();
+            if !shared
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .faults
+                .hang
+            {
+                break;
+            }
+            notified.await;
+        }
+    }
+    if drop {
+        return Err(std::io::Error::other("injected: connection dropped"));
+    }
+    if let Some(code) = injected_status {
+        return Ok(injected(code));
+    }
+
+    let Some((kind, namespace, name)) = route(&path) else {
+        return Ok(status(
+            404,
+            "NotFound",
+            format!("the server could not find {path}"),
+            None,
+            "",
+        ));
+    };
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+    let mut st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+
+    Ok(match (method, name) {
+        (Method::GET, Some(name)) => match st.objects.get(&(kind, namespace.clone(), name.clone()))
+        {
+            Some(object) => respond(StatusCode::OK, object),
+            None => not_found(kind, &name),
+        },
+        (Method::GET, None) => {
+            let only = query
+                .get("fieldSelector")
+                .and_then(|f| f.strip_prefix("metadata.name="))
+                .map(str::to_string);
+            if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
+                let from: u64 = query
+                    .get("resourceVersion")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let (tx, rx) = mpsc::unbounded_channel();
+                for (rv, key, event, object) in &st.history {
+                    if *rv > from
+                        && key.0 == kind
+                        && key.1 == namespace
+                        && only.as_ref().is_none_or(|n| *n == key.2)
+                    {
+                        let _ = tx.send(watch_line(event, object));
+                    }
+                }
+                st.watchers.push(Watcher {
+                    kind,
+                    namespace,
+                    name: only,
+                    tx,
+                });
+                let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                    rx.recv()
+                        .await
+                        .map(|line| (Ok::<_, Infallible>(Frame::data(line)), rx))
+                });
+                let mut response = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+                response.headers_mut().insert(
+                    "content-type",
+                    hyper::header::HeaderValue::from_static("application/json"),
+                );
+                response
+            } else {
+                let items: Vec<Value> = st
+                    .objects
+                    .iter()
+                    .filter(|((k, ns, n), _)| {
+                        *k == kind && *ns == namespace && only.as_ref().is_none_or(|o| o == n)
+                    })
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                respond(
+                    StatusCode::OK,
+                    &json!({
+                        "apiVersion": kind.api_version(),
+                        "kind": format!("{}List", kind.name()),
+                        "metadata": {"resourceVersion": st.resource_version.to_string()},
+                        "items": items,
+                    }),
+                )
+            }
+        }
+        (Method::POST, None) => {
+            let Some(mut object) = parsed.filter(Value::is_object) else {
+                return Ok(status(
+                    400,
+                    "BadRequest",
+                    "the body is not a JSON object".into(),
+                    Some(kind),
+                    "",
+                ));
+            };
+            let Some(name) = object["metadata"]["name"].as_str().map(str::to_string) else {
+                return Ok(status(
+                    422,
+                    "Invalid",
+                    "metadata.name: Required value".into(),
+                    Some(kind),
+                    "",
+                ));
+            };
+            let key = (kind, namespace.clone(), name.clone());
+            if st.objects.contains_key(&key) {
+                return Ok(status(
+                    409,
+                    "AlreadyExists",
+                    format!("{} \"{name}\" already exists", kind.resource()),
+                    Some(kind),
+                    &name,
+                ));
+            }
+            if let Some(invalid) = validate(kind, &object, &name) {
+                return Ok(invalid);
+            }
+            if let Some(meta) = object["metadata"].as_object_mut() {
+                meta.remove("resourceVersion");
+                meta.remove("uid");
+            }
+            st.resource_version += 1;
+            let rv = st.resource_version;
+            stamp(&mut object, kind, &namespace, &name, rv);
+            st.commit(key, "ADDED", object.clone());
+            respond(StatusCode::CREATED, &object)
+        }
+        (Method::PUT, Some(name)) => {
+            let Some(mut object) = parsed.filter(Value::is_object) else {
+                return Ok(status(
+                    400,
+                    "BadRequest",
+                    "the body is not a JSON object".into(),
+                    Some(kind),
+                    &name,
+                ));
+            };
+            let key = (kind, namespace.clone(), name.clone());
+            let Some(current) = st.objects.get(&key) else {
+                return Ok(not_found(kind, &name));
+            };
+            let current_rv = current["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let uid = current["metadata"]["uid"].clone();
+            let created = current["metadata"]["creationTimestamp"].clone();
+            if let Some(sent) = object["metadata"]["resourceVersion"].as_str()
+                && !sent.is_empty()
+                && sent != current_rv
+            {
+                return Ok(status(
+                    409,
+                    "Conflict",
+                    format!(
+                        "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                        kind.resource()
+                    ),
+                    Some(kind),
+                    &name,
+                ));
+            }
+            if let Some(invalid) = validate(kind, &object, &name) {
+                return Ok(invalid);
+            }
+            st.resource_version += 1;
+            let rv = st.resource_version;
+            object["metadata"]["uid"] = uid;
+            object["metadata"]["creationTimestamp"] = created;
+            stamp(&mut object, kind, &namespace, &name, rv);
+            st.commit(key, "MODIFIED", object.clone());
+            respond(StatusCode::OK, &object)
+        }
+        (Method::PATCH, Some(name)) if kind == Kind::Event => respond(
+            StatusCode::OK,
+            &parsed.unwrap_or_else(|| json!({"metadata": {"name": name}})),
+        ),
+        (Method::DELETE, Some(name)) => {
+            let key = (kind, namespace, name.clone());
+            match st.objects.remove(&key) {
+                Some(object) => {
+                    st.resource_version += 1;
+                    st.notify(&key, "DELETED", &object);
+                    respond(StatusCode::OK, &object)
+                }
+                None => not_found(kind, &name),
+            }
+        }
+        (m, _) => status(
+            405,
+            "MethodNotAllowed",
+            format!("{m} is not supported here"),
+            Some(kind),
+            "",
+        ),
+    })
+}
+
+fn not_found(kind: Kind, name: &str) -> Response<Body> {
+    status(
+        404,
+        "NotFound",
+        format!("{} \"{name}\" not found", kind.resource()),
+        Some(kind),
+        name,
+    )
+}
+
+/// The real API server's validation, as far as the locks can trip on it.
+fn validate(kind: Kind, object: &Value, name: &str) -> Option<Response<Body>> {
+    if kind != Kind::Lease {
+        return None;
+    }
+    let lds = &object["spec"]["leaseDurationSeconds"];
+    if let Some(n) = lds.as_i64()
+        && n <= 0
+    {
+        return Some(status(
+            422,
+            "Invalid",
+            format!(
+                "Lease.coordination.k8s.io \"{name}\" is invalid: spec.leaseDurationSeconds: Invalid value: {n}: must be greater than 0"
+            ),
+            Some(kind),
+            name,
+        ));
+    }
+    None
+}

@@ -1,0 +1,554 @@
+//! The Kubernetes locks against the API test server, over real HTTP through kube-rs.
+#![cfg(feature = "kube")]
+
+mod apiserver;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use apiserver::{ApiServer, Kind};
+use futures_util::StreamExt;
+use leasehold::kube::{ConfigMapLock, EndpointsLock, LeaseLock, MultiLock};
+use leasehold::lock::Lock;
+use leasehold::record::ANNOTATION_KEY;
+use leasehold::{
+    Action, Config, Elector, Event, Identity, Input, Instant, LeaderElectionRecord, LockErrorKind,
+    Now, Timestamp, Version,
+};
+use serde_json::{Value, json};
+
+const NS: &str = "default";
+
+fn id(s: &str) -> Identity {
+    Identity::new(s).expect("non-empty")
+}
+
+fn ts(s: &str) -> Timestamp {
+    Timestamp::parse_rfc3339(s).expect("valid time")
+}
+
+fn record(holder: &str) -> LeaderElectionRecord {
+    LeaderElectionRecord {
+        holder: Identity::new(holder).ok(),
+        lease_duration_seconds: 15,
+        acquire_time: Some(ts("2017-10-10T00:08:42.123456Z")),
+        renew_time: Some(ts("2018-03-14T03:01:42.654321Z")),
+        leader_transitions: 2,
+        ..Default::default()
+    }
+}
+
+/// create / get / update / conflict / already-exists, for any lock.
+async fn crud(lock: &impl Lock, precise_times: bool) {
+    assert_eq!(lock.get().await.expect("readable"), None);
+    let v1 = lock.create(record("baz")).await.expect("created");
+    let seen = lock.get().await.expect("readable").expect("present");
+    assert_eq!(seen.version, v1);
+    let mut expected = record("baz");
+    if !precise_times {
+        expected.acquire_time = expected.acquire_time.map(Timestamp::truncated_to_seconds);
+        expected.renew_time = expected.renew_time.map(Timestamp::truncated_to_seconds);
+    }
+    assert_eq!(seen.value, expected);
+    let v2 = lock
+        .update(v1.clone(), record("qux"))
+        .await
+        .expect("current version");
+    assert_ne!(v1, v2);
+    let stale = lock
+        .update(v1, record("zed"))
+        .await
+        .expect_err("stale version");
+    assert_eq!(stale.kind, LockErrorKind::Conflict, "{stale}");
+    let again = lock.create(record("zed")).await.expect_err("exists");
+    assert_eq!(again.kind, LockErrorKind::AlreadyExists, "{again}");
+    let current = lock.get().await.expect("readable").expect("present");
+    assert_eq!(current.version, v2);
+    assert_eq!(current.value.holder, Some(id("qux")));
+}
+
+#[tokio::test]
+async fn lease_lock_create_get_update_conflict() {
+    let server = ApiServer::start().await;
+    let lock = LeaseLock::new(server.client(), NS, "ctl");
+    crud(&lock, true).await;
+    assert_eq!(lock.describe(), "default/ctl");
+}
+
+#[tokio::test]
+async fn endpoints_and_configmap_locks_create_get_update_conflict() {
+    let server = ApiServer::start().await;
+    crud(&EndpointsLock::new(server.client(), NS, "ep"), false).await;
+    crud(&ConfigMapLock::new(server.client(), NS, "cm"), false).await;
+    let ep = server.object(Kind::Endpoints, NS, "ep").expect("stored");
+    assert!(ep["metadata"]["annotations"][ANNOTATION_KEY].is_string());
+}
+
+/// What leasehold writes into a Lease is what client-go writes: the five fields always present
+/// (strategy and preferredHolder only when set), MicroTime with six fractional digits.
+#[tokio::test]
+async fn a_lease_written_by_leasehold_is_what_client_go_writes() {
+    let server = ApiServer::start().await;
+    let lock = LeaseLock::new(server.client(), NS, "golden");
+    lock.create(record("baz")).await.expect("created");
+    let stored = server.object(Kind::Lease, NS, "golden").expect("stored");
+    assert_eq!(
+        stored["spec"],
+        json!({
+            "holderIdentity": "baz",
+            "leaseDurationSeconds": 15,
+            "acquireTime": "2017-10-10T00:08:42.123456Z",
+            "renewTime": "2018-03-14T03:01:42.654321Z",
+            "leaseTransitions": 2,
+        })
+    );
+    assert_eq!(stored["apiVersion"], "coordination.k8s.io/v1");
+}
+
+/// And a Lease written by client-go (kube-controller-manager's, say) reads as client-go meant.
+#[tokio::test]
+async fn a_lease_written_by_client_go_reads_back() {
+    let server = ApiServer::start().await;
+    server.put_raw(
+        Kind::Lease,
+        NS,
+        "kcm",
+        json!({"spec": {
+            "holderIdentity": "master-1_6b0b4a0e-0000-4000-8000-000000000000",
+            "leaseDurationSeconds": 15,
+            "acquireTime": "2024-05-01T10:00:00.000000Z",
+            "renewTime": "2024-05-01T10:05:00.123456Z",
+            "leaseTransitions": 3,
+            "strategy": "OldestEmulationVersion",
+            "preferredHolder": "master-2"
+        }}),
+    );
+    let lock = LeaseLock::new(server.client(), NS, "kcm");
+    let seen = lock.get().await.expect("readable").expect("present");
+    assert_eq!(
+        seen.value,
+        LeaderElectionRecord {
+            holder: Identity::new("master-1_6b0b4a0e-0000-4000-8000-000000000000").ok(),
+            lease_duration_seconds: 15,
+            acquire_time: Some(ts("2024-05-01T10:00:00Z")),
+            renew_time: Some(ts("2024-05-01T10:05:00.123456Z")),
+            leader_transitions: 3,
+            strategy: "OldestEmulationVersion".into(),
+            preferred_holder: Identity::new("master-2").ok(),
+        }
+    );
+}
+
+/// The annotation locks write exactly client-go's annotation JSON, and read the real one.
+#[tokio::test]
+async fn annotation_json_is_client_go_s() {
+    let server = ApiServer::start().await;
+    server.put_raw(
+        Kind::ConfigMap,
+        NS,
+        "old",
+        json!({"metadata": {"annotations": {ANNOTATION_KEY: r#"{"holderIdentity":"bananapi","leaseDurationSeconds":15,"acquireTime":"2017-10-10T00:08:42Z","renewTime":"2018-03-14T03:01:42Z","leaderTransitions":0}"#}}}),
+    );
+    let lock = ConfigMapLock::new(server.client(), NS, "old");
+    let seen = lock.get().await.expect("readable").expect("present");
+    assert_eq!(seen.value.holder, Some(id("bananapi")));
+    lock.update(seen.version, seen.value)
+        .await
+        .expect("current");
+    let stored = server.object(Kind::ConfigMap, NS, "old").expect("stored");
+    assert_eq!(
+        stored["metadata"]["annotations"][ANNOTATION_KEY],
+        r#"{"holderIdentity":"bananapi","leaseDurationSeconds":15,"acquireTime":"2017-10-10T00:08:42Z","renewTime":"2018-03-14T03:01:42Z","leaderTransitions":0,"strategy":"","preferredHolder":""}"#
+    );
+    // A ConfigMap without the annotation is an unheld lock.
+    server.put_raw(Kind::ConfigMap, NS, "bare", json!({"data": {"k": "v"}}));
+    let bare = ConfigMapLock::new(server.client(), NS, "bare");
+    let seen = bare.get().await.expect("readable").expect("present");
+    assert_eq!(seen.value, LeaderElectionRecord::default());
+    bare.update(seen.version, record("baz"))
+        .await
+        .expect("current");
+    let stored = server.object(Kind::ConfigMap, NS, "bare").expect("stored");
+    assert_eq!(stored["data"], json!({"k": "v"}), "other contents survive");
+}
+
+#[tokio::test]
+async fn lock_labels_merge_with_foreign_labels() {
+    let server = ApiServer::start().await;
+    server.put_raw(
+        Kind::Lease,
+        NS,
+        "labelled",
+        json!({"metadata": {"labels": {"team": "infra", "app": "old"}}, "spec": {}}),
+    );
+    let labels = BTreeMap::from([("app".to_string(), "ctl".to_string())]);
+    let lock = LeaseLock::new(server.client(), NS, "labelled").with_labels(labels.clone());
+    let seen = lock.get().await.expect("readable").expect("present");
+    lock.update(seen.version, record("baz"))
+        .await
+        .expect("current");
+    let stored = server.object(Kind::Lease, NS, "labelled").expect("stored");
+    assert_eq!(
+        stored["metadata"]["labels"],
+        json!({"team": "infra", "app": "ctl"})
+    );
+    let fresh = LeaseLock::new(server.client(), NS, "fresh").with_labels(labels);
+    fresh.create(record("baz")).await.expect("created");
+    let stored = server.object(Kind::Lease, NS, "fresh").expect("stored");
+    assert_eq!(stored["metadata"]["labels"], json!({"app": "ctl"}));
+}
+
+#[tokio::test]
+async fn a_foreign_writer_racing_us_makes_our_write_conflict() {
+    let server = ApiServer::start().await;
+    let lock = LeaseLock::new(server.client(), NS, "race");
+    let v1 = lock.create(record("baz")).await.expect("created");
+    server.foreign_writes(Kind::Lease, NS, "race", 3);
+    let err = lock.update(v1, record("baz")).await.expect_err("stale");
+    assert_eq!(err.kind, LockErrorKind::Conflict);
+    assert!(
+        err.message.contains("the object has been modified"),
+        "{err}"
+    );
+    // Reading again gives the new version, and the write goes through; the foreign annotation
+    // survives it.
+    let seen = lock.get().await.expect("readable").expect("present");
+    lock.update(seen.version, record("baz"))
+        .await
+        .expect("current");
+    let stored = server.object(Kind::Lease, NS, "race").expect("stored");
+    assert_eq!(
+        stored["metadata"]["annotations"]["example.com/foreign-writer"],
+        "2"
+    );
+}
+
+/// Updating with a version learnt elsewhere (a watch) reads the object first and refuses if it
+/// moved on.
+#[tokio::test]
+async fn update_with_a_version_the_lock_has_not_cached() {
+    let server = ApiServer::start().await;
+    let writer = LeaseLock::new(server.client(), NS, "w");
+    let v1 = writer.create(record("baz")).await.expect("created");
+    let other = LeaseLock::new(server.client(), NS, "w");
+    let v2 = other
+        .update(v1.clone(), record("qux"))
+        .await
+        .expect("current");
+    assert_eq!(
+        other.update(v1, record("zed")).await.map_err(|e| e.kind),
+        Err(LockErrorKind::Conflict)
+    );
+    other.update(v2, record("zed")).await.expect("current");
+}
+
+/// Garbage in the lock object is a clear error, and the elector never overwrites it.
+#[tokio::test]
+async fn garbage_lease_contents_are_errors_and_never_overwritten() {
+    let cases = [
+        (
+            json!({"spec": {"holderIdentity": "x", "renewTime": "yesterday"}}),
+            "spec.renewTime",
+        ),
+        (
+            json!({"spec": {"holderIdentity": "x", "leaseDurationSeconds": "15"}}),
+            "spec.leaseDurationSeconds",
+        ),
+        (
+            json!({"spec": {"holderIdentity": "x", "leaseDurationSeconds": -3}}),
+            "spec.leaseDurationSeconds",
+        ),
+        (
+            json!({"spec": {"holderIdentity": 7}}),
+            "spec.holderIdentity",
+        ),
+        (
+            json!({"spec": {"acquireTime": "2024-02-30T00:00:00Z"}}),
+            "spec.acquireTime",
+        ),
+        (
+            json!({"spec": {"leaseDurationSeconds": 99999999999i64}}),
+            "spec.leaseDurationSeconds",
+        ),
+        (
+            json!({"spec": {"leaseTransitions": -1}}),
+            "spec.leaseTransitions",
+        ),
+        (json!({"spec": "not an object"}), "spec"),
+    ];
+    for (i, (object, needle)) in cases.into_iter().enumerate() {
+        let server = ApiServer::start().await;
+        let name = format!("garbage-{i}");
+        server.put_raw(Kind::Lease, NS, &name, object);
+        let before = server.object(Kind::Lease, NS, &name).expect("stored");
+        let lock = LeaseLock::new(server.client(), NS, &name);
+        let err = lock.get().await.expect_err("unreadable");
+        assert_eq!(err.kind, LockErrorKind::InvalidRecord, "{err}");
+        assert!(
+            err.message.contains(needle),
+            "{err} should mention {needle}"
+        );
+        let writes = run_elector(&lock, 60).await.writes;
+        assert_eq!(writes, 0, "case {i}: never written");
+        assert_eq!(server.object(Kind::Lease, NS, &name), Some(before));
+    }
+}
+
+#[tokio::test]
+async fn garbage_annotations_are_errors_and_never_overwritten() {
+    let server = ApiServer::start().await;
+    server.put_raw(
+        Kind::Endpoints,
+        NS,
+        "bad",
+        json!({"metadata": {"annotations": {ANNOTATION_KEY: r#"{"holderIdentity":"x","renewTime":"2018-02-30T00:00:00Z"}"#}}}),
+    );
+    let lock = EndpointsLock::new(server.client(), NS, "bad");
+    let err = lock.get().await.expect_err("unreadable");
+    assert_eq!(err.kind, LockErrorKind::InvalidRecord);
+    assert!(err.message.contains("renewTime"), "{err}");
+    let before = server.object(Kind::Endpoints, NS, "bad");
+    assert_eq!(run_elector(&lock, 60).await.writes, 0);
+    assert_eq!(server.object(Kind::Endpoints, NS, "bad"), before);
+}
+
+#[tokio::test]
+async fn server_errors_are_classified() {
+    let server = ApiServer::start().await;
+    let lock = LeaseLock::new(server.client(), NS, "e");
+    for (code, kind) in [
+        (500, LockErrorKind::Unavailable),
+        (429, LockErrorKind::Unavailable),
+        (403, LockErrorKind::Unauthorized),
+        (401, LockErrorKind::Unauthorized),
+        (504, LockErrorKind::Timeout),
+        (422, LockErrorKind::Other),
+    ] {
+        // kube-client retries 429 and 5xx by itself, so fail every request for a moment.
+        server.fail_every(Some((1, code)));
+        let err = lock.get().await.expect_err("injected");
+        server.fail_every(None);
+        assert_eq!(err.kind, kind, "{code}: {err}");
+        assert!(
+            err.message.contains("injected fault"),
+            "the server's message is kept: {err}"
+        );
+    }
+    server.drop_next(1);
+    let err = lock.get().await.expect_err("dropped");
+    assert_eq!(err.kind, LockErrorKind::Other, "{err}");
+    assert_eq!(lock.get().await.map_err(|e| e.kind), Ok(None), "recovers");
+}
+
+#[tokio::test]
+async fn a_hung_request_is_cut_off_by_the_caller_deadline() {
+    let server = ApiServer::start().await;
+    let lock = LeaseLock::new(server.client(), NS, "h");
+    server.hang(true);
+    let hung = tokio::time::timeout(Duration::from_millis(300), lock.get()).await;
+    assert!(hung.is_err(), "still waiting at the deadline");
+    server.hang(false);
+    assert_eq!(lock.get().await.map_err(|e| e.kind), Ok(None));
+}
+
+/// The API server refuses `leaseDurationSeconds: 0` (the bug client-go's release once had);
+/// leasehold's release record uses 1, and goes through.
+#[tokio::test]
+async fn the_release_record_passes_validation() {
+    let server = ApiServer::start().await;
+    let lock = LeaseLock::new(server.client(), NS, "rel");
+    let v = lock.create(record("baz")).await.expect("created");
+    let mut zero = record("");
+    zero.lease_duration_seconds = 0;
+    let err = lock.update(v.clone(), zero).await.expect_err("invalid");
+    assert_eq!(err.kind, LockErrorKind::Other);
+    assert!(err.message.contains("must be greater than 0"), "{err}");
+
+    let mut config = Config::new(id("baz"));
+    config.release_on_cancel = true;
+    let outcome = run_elector_with(config, &lock, 5, true).await;
+    assert!(
+        outcome.events.contains(&Event::Released),
+        "{:?}",
+        outcome.events
+    );
+    let stored = server.object(Kind::Lease, NS, "rel").expect("stored");
+    assert_eq!(stored["spec"]["holderIdentity"], "");
+    assert_eq!(stored["spec"]["leaseDurationSeconds"], 1);
+}
+
+#[tokio::test]
+async fn the_elector_leads_through_a_lease_lock() {
+    let server = ApiServer::start().await;
+    let lock = LeaseLock::new(server.client(), NS, "lead");
+    let outcome = run_elector(&lock, 30).await;
+    assert!(outcome.leading);
+    let renewals = outcome
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Renewed { .. }))
+        .count();
+    assert_eq!(renewals, 15, "one fast-path renewal every 2 s for 30 s");
+    let stored = server.object(Kind::Lease, NS, "lead").expect("stored");
+    assert_eq!(stored["spec"]["holderIdentity"], "baz");
+    let requests = server.requests();
+    assert_eq!(
+        requests.iter().filter(|r| r.starts_with("GET")).count(),
+        1,
+        "the fast path renews without reading: {requests:?}"
+    );
+}
+
+#[tokio::test]
+async fn watch_reports_changes_and_deletion() {
+    let server = ApiServer::start().await;
+    let lock = LeaseLock::new(server.client(), NS, "watched");
+    let mut stream = lock.watch().expect("the Lease lock can watch");
+
+    assert_eq!(next(&mut stream).await.map_err(|e| e.kind), Ok(None));
+    let v1 = lock.create(record("baz")).await.expect("created");
+    let seen = next(&mut stream).await.expect("readable").expect("present");
+    assert_eq!(seen.version, v1);
+    let v2 = lock.update(v1, record("qux")).await.expect("current");
+    let seen = next(&mut stream).await.expect("readable").expect("present");
+    assert_eq!((seen.version, seen.value.holder), (v2, Some(id("qux"))));
+    // A record kube decodes but leasehold refuses.
+    server.put_raw(
+        Kind::Lease,
+        NS,
+        "watched",
+        json!({"spec": {"leaseDurationSeconds": -3}}),
+    );
+    let err = next(&mut stream)
+        .await
+        .expect_err("garbage is reported, not swallowed");
+    assert_eq!(err.kind, LockErrorKind::InvalidRecord);
+    server.delete(Kind::Lease, NS, "watched");
+    // Then the deletion.
+    let deleted = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Some(Ok(None)) = stream.next().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        deleted.is_ok(),
+        "the deletion is reported: {:?}",
+        server.requests()
+    );
+}
+
+#[tokio::test]
+async fn events_are_recorded_on_the_lock_object() {
+    let server = ApiServer::start().await;
+    let reporter = kube::runtime::events::Reporter {
+        controller: "leasehold-test".into(),
+        instance: Some("baz".into()),
+    };
+    let lock =
+        LeaseLock::new(server.client(), NS, "ev").with_events(server.client(), reporter, id("baz"));
+    lock.create(record("baz")).await.expect("created");
+    lock.record_event("became leader").await;
+    let events = server.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(e["reason"], "LeaderElection");
+    assert_eq!(e["note"], "baz became leader");
+    assert_eq!(e["type"], "Normal");
+    assert_eq!(e["regarding"]["kind"], "Lease");
+    assert_eq!(e["regarding"]["name"], "ev");
+}
+
+#[tokio::test]
+async fn multilock_over_endpoints_and_lease() {
+    let server = ApiServer::start().await;
+    let lock = MultiLock::new(
+        EndpointsLock::new(server.client(), NS, "m"),
+        LeaseLock::new(server.client(), NS, "m"),
+        id("baz"),
+    );
+    assert!(run_elector(&lock, 3).await.leading);
+    assert!(server.object(Kind::Endpoints, NS, "m").is_some());
+    assert_eq!(
+        server
+            .object(Kind::Lease, NS, "m")
+            .map(|l| l["spec"]["holderIdentity"].clone()),
+        Some(Value::from("baz"))
+    );
+}
+
+async fn next(
+    stream: &mut futures_util::stream::BoxStream<
+        'static,
+        Result<leasehold::lock::Sighting, leasehold::LockError>,
+    >,
+) -> Result<leasehold::lock::Sighting, leasehold::LockError> {
+    tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("an event in time")
+        .expect("the stream goes on")
+}
+
+// ---- a minimal driver for these tests: simulated instants, real lock calls ----------------
+
+struct Run {
+    leading: bool,
+    writes: usize,
+    events: Vec<Event>,
+}
+
+async fn run_elector(lock: &impl Lock, secs: u64) -> Run {
+    run_elector_with(Config::new(id("baz")), lock, secs, false).await
+}
+
+/// Drives an elector for `secs` simulated seconds, performing its lock operations for real (no
+/// real waiting between them), then shuts it down if asked.
+async fn run_elector_with(config: Config, lock: &impl Lock, secs: u64, shutdown: bool) -> Run {
+    let now_at = |t: Instant| Now::new(t, Timestamp::UNIX_EPOCH);
+    let mut now = now_at(Instant::ZERO);
+    let mut e = Elector::new(config, now, 7).expect("valid");
+    let mut run = Run {
+        leading: false,
+        writes: 0,
+        events: Vec::new(),
+    };
+    let end = Instant::from_secs(secs);
+    let mut shut = false;
+    loop {
+        match e.poll_action() {
+            Action::Lock { op, request, .. } => {
+                if !matches!(request, leasehold::LockRequest::Get) {
+                    run.writes += 1;
+                }
+                let result = lock.execute(request).await;
+                e.handle_input(Input::LockResult { now, op, result });
+            }
+            Action::Emit(Event::StoppedLeading {
+                reason: leasehold::StopReason::Shutdown,
+            }) => {
+                run.events.push(Event::StoppedLeading {
+                    reason: leasehold::StopReason::Shutdown,
+                });
+                e.handle_input(Input::LeaderWorkStopped(now));
+            }
+            Action::Emit(event) => run.events.push(event),
+            Action::SleepUntil { at, .. } if at <= end => {
+                now = now_at(at);
+                e.handle_input(Input::Timeout(now));
+            }
+            Action::SleepUntil { .. } if shutdown && !shut => {
+                run.leading = e.is_leader(now.instant);
+                shut = true;
+                e.handle_input(Input::Shutdown(now));
+            }
+            Action::SleepUntil { .. } | Action::Done => break,
+        }
+    }
+    if !shut {
+        run.leading = e.is_leader(now.instant);
+    }
+    let _ = Version::new("");
+    run
+}

@@ -114,6 +114,9 @@
 
 pub mod config;
 pub mod elector;
+#[cfg(feature = "fuzz")]
+#[doc(hidden)]
+pub mod fuzz;
 #[cfg(feature = "kube")]
 pub mod kube;
 pub mod lock;

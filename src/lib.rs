@@ -113,6 +113,8 @@
 //! * Sub-second or fractional-second lease durations are rejected ([`ConfigError`]).
 
 pub mod config;
+#[cfg(any(feature = "tokio", feature = "blocking"))]
+pub mod driver;
 pub mod elector;
 #[cfg(feature = "fuzz")]
 #[doc(hidden)]
@@ -126,6 +128,10 @@ pub mod sim;
 pub mod time;
 
 pub use config::{AfterLoss, Config, ConfigError, Observation};
+#[cfg(any(feature = "tokio", feature = "blocking"))]
+pub use driver::LeaderState;
+#[cfg(feature = "tokio")]
+pub use driver::tokio;
 pub use elector::{
     Action, Elector, Event, FencingToken, Input, Now, OpId, Role, StopReason, WakeReason,
 };

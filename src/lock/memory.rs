@@ -19,12 +19,23 @@ pub struct MemoryLock {
 struct Store {
     current: Option<Versioned<LeaderElectionRecord>>,
     last_version: u64,
+    /// Watchers, created by the first `watch`.
+    #[cfg(feature = "tokio")]
+    changes: Option<tokio::sync::watch::Sender<super::Sighting>>,
 }
 
 impl Store {
     fn next_version(&mut self) -> Version {
         self.last_version += 1;
         Version::new(self.last_version.to_string())
+    }
+
+    fn set(&mut self, current: Option<Versioned<LeaderElectionRecord>>) {
+        self.current = current;
+        #[cfg(feature = "tokio")]
+        if let Some(changes) = &self.changes {
+            changes.send_replace(self.current.clone());
+        }
     }
 }
 
@@ -68,10 +79,10 @@ impl MemoryLock {
             ));
         }
         let version = store.next_version();
-        store.current = Some(Versioned {
+        store.set(Some(Versioned {
             version: version.clone(),
             value: record,
-        });
+        }));
         Ok(version)
     }
 
@@ -100,10 +111,10 @@ impl MemoryLock {
             )),
             Some(_) => {
                 let version = store.next_version();
-                store.current = Some(Versioned {
+                store.set(Some(Versioned {
                     version: version.clone(),
                     value: record,
-                });
+                }));
                 Ok(version)
             }
         }
@@ -111,7 +122,7 @@ impl MemoryLock {
 
     /// Deletes the object, as an administrator might.
     pub fn delete(&self) {
-        self.store().current = None;
+        self.store().set(None);
     }
 }
 
@@ -135,6 +146,29 @@ impl super::Lock for MemoryLock {
 
     fn describe(&self) -> String {
         "memory".into()
+    }
+
+    /// With the `tokio` feature the in-memory lock can be watched: every change, as it
+    /// happens (intermediate states may be skipped when changes come faster than they are read).
+    #[cfg(feature = "tokio")]
+    fn watch(
+        &self,
+    ) -> Option<futures_util::stream::BoxStream<'static, Result<super::Sighting, LockError>>> {
+        use futures_util::StreamExt;
+        let mut store = self.store();
+        let current = store.current.clone();
+        let rx = store
+            .changes
+            .get_or_insert_with(|| tokio::sync::watch::channel(current).0)
+            .subscribe();
+        let stream = futures_util::stream::unfold((rx, true), |(mut rx, first)| async move {
+            if !first && rx.changed().await.is_err() {
+                return None;
+            }
+            let seen = rx.borrow_and_update().clone();
+            Some((Ok(seen), (rx, false)))
+        });
+        Some(stream.boxed())
     }
 }
 

@@ -1,0 +1,155 @@
+//! What the tokio and blocking drivers share: the clock, the elector behind a mutex (so other
+//! threads can ask it questions), and the published state.
+//!
+//! Drivers decide nothing about leadership: they read clocks, perform the elector's lock
+//! operations, run timers, and turn its events into callbacks.
+#![allow(clippy::disallowed_methods)] // drivers are where the real clocks are read
+
+#[cfg(feature = "blocking")]
+pub mod blocking;
+#[cfg(feature = "tokio")]
+pub mod tokio;
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::elector::{Elector, Event, FencingToken, Input, Now, Role};
+use crate::record::Identity;
+use crate::time::{Instant, Timestamp};
+
+/// The monotonic clock a driver reads, with its origin. Under tokio it is tokio's clock, so
+/// tests with paused time run in simulated time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    #[cfg(feature = "tokio")]
+    origin: ::tokio::time::Instant,
+    #[cfg(not(feature = "tokio"))]
+    origin: std::time::Instant,
+}
+
+impl Clock {
+    pub(crate) fn new() -> Self {
+        Clock {
+            #[cfg(feature = "tokio")]
+            origin: ::tokio::time::Instant::now(),
+            #[cfg(not(feature = "tokio"))]
+            origin: std::time::Instant::now(),
+        }
+    }
+
+    pub(crate) fn now(&self) -> Now {
+        let elapsed = self.origin.elapsed();
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .and_then(|d| i64::try_from(d.as_micros()).ok())
+            .and_then(|micros| Timestamp::from_unix_micros(micros).ok())
+            .unwrap_or(Timestamp::UNIX_EPOCH);
+        Now::new(
+            Instant::from_nanos(crate::time::duration_nanos(elapsed)),
+            wall,
+        )
+    }
+
+    /// How long from now until `at` (zero if past).
+    #[cfg_attr(not(feature = "blocking"), allow(dead_code))]
+    pub(crate) fn until(&self, at: Instant) -> Duration {
+        at - self.now().instant
+    }
+
+    #[cfg(feature = "tokio")]
+    pub(crate) fn tokio_instant(&self, at: Instant) -> ::tokio::time::Instant {
+        let at = Duration::from_nanos(at.as_nanos());
+        self.origin
+            .checked_add(at)
+            .unwrap_or_else(|| self.origin + Duration::from_secs(86_400 * 365 * 30))
+    }
+}
+
+/// A snapshot of an elector's state, published after every step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderState {
+    /// Follower, leader, stopping or finished.
+    pub role: Role,
+    /// The holder last observed on the lock.
+    pub leader: Option<Identity>,
+    /// The fencing token of the current term, while leading.
+    pub token: Option<FencingToken>,
+    /// How long the current term lasts from the moment of the snapshot, while leading.
+    pub leader_for: Option<Duration>,
+    /// Renewals that had to read first (client-go's `leader_election_slowpath_total`).
+    pub slow_path_renewals: u64,
+}
+
+/// The elector, shared between the driver and its handle.
+#[derive(Debug, Clone)]
+pub(crate) struct Shared {
+    elector: Arc<Mutex<Elector>>,
+    pub(crate) clock: Clock,
+}
+
+impl Shared {
+    pub(crate) fn new(elector: Elector, clock: Clock) -> Self {
+        Shared {
+            elector: Arc::new(Mutex::new(elector)),
+            clock,
+        }
+    }
+
+    pub(crate) fn elector(&self) -> MutexGuard<'_, Elector> {
+        // The elector never panics while the lock is held, so a poisoned lock still guards a
+        // consistent elector.
+        self.elector.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Feeds `make(now)` to the elector.
+    pub(crate) fn input(&self, make: impl FnOnce(Now) -> Input) {
+        let now = self.clock.now();
+        self.elector().handle_input(make(now));
+    }
+
+    pub(crate) fn state(&self) -> LeaderState {
+        let now = self.clock.now().instant;
+        let e = self.elector();
+        LeaderState {
+            role: e.role(),
+            leader: e.leader().cloned(),
+            token: e.fencing_token(),
+            leader_for: e.leader_until().filter(|&u| u > now).map(|u| u - now),
+            slow_path_renewals: e.slow_path_renewals(),
+        }
+    }
+
+    /// Whether this candidate leads right now, by the elector's own clock rule.
+    pub(crate) fn is_leader(&self) -> bool {
+        let now = self.clock.now().instant;
+        self.elector().is_leader(now)
+    }
+
+    pub(crate) fn check(&self, max_tolerable_expired: Duration) -> Result<(), String> {
+        let now = self.clock.now().instant;
+        self.elector().check(now, max_tolerable_expired)
+    }
+}
+
+/// What the Kubernetes event for `event` says, if it gets one (client-go's messages).
+pub(crate) fn event_message(event: &Event) -> Option<&'static str> {
+    match event {
+        Event::StartedLeading { .. } => Some("became leader"),
+        Event::StoppedLeading { .. } => Some("stopped leading"),
+        _ => None,
+    }
+}
+
+/// A seed for the elector's jitter that differs between processes.
+pub(crate) fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}

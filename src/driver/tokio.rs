@@ -1,0 +1,427 @@
+//! The tokio driver (feature `tokio`).
+//!
+//! ```no_run
+//! # async fn example(client: kube::Client) -> Result<(), Box<dyn std::error::Error>> {
+//! use leasehold::{Config, Identity};
+//! use leasehold::kube::LeaseLock;
+//! use leasehold::tokio::LeaderElector;
+//!
+//! let mut config = Config::new(Identity::new("my-operator-7d9f_2b1c")?);
+//! config.release_on_cancel = true;
+//! let lock = LeaseLock::new(client, "default", "my-operator");
+//! let handle = LeaderElector::builder(config, lock)
+//!     .on_started_leading(|leader| async move {
+//!         // Do the work; stop when `leader.cancel` fires. Pass `leader.token` along with
+//!         // every write so downstream systems can fence off a deposed leader.
+//!         leader.cancel.cancelled().await;
+//!     })
+//!     .on_stopped_leading(|| eprintln!("no longer leading"))
+//!     .build()?
+//!     .spawn();
+//! // ... later: step down, wait for the work, release the lock.
+//! handle.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::tokio::sync::watch;
+use ::tokio::task::JoinHandle;
+use ::tokio::time::{sleep_until, timeout_at};
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use tokio_util::sync::CancellationToken;
+
+use super::{Clock, LeaderState, Shared, event_message, random_seed};
+use crate::config::{Config, ConfigError, Observation};
+use crate::elector::{Action, Elector, Event, FencingToken, Input, OpId, StopReason};
+use crate::lock::{Lock, LockError, LockErrorKind, LockResult, Sighting};
+use crate::record::Identity;
+
+/// What the leader work gets: its fencing token and a token that is cancelled the moment
+/// leadership ends (at `leader_until` at the latest, even if the driver itself is stuck).
+#[derive(Debug, Clone)]
+pub struct LeaderContext {
+    /// The fencing token of this term.
+    pub token: FencingToken,
+    /// Cancelled when this term ends.
+    pub cancel: CancellationToken,
+}
+
+type StartedFn = Box<dyn FnMut(LeaderContext) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+type StoppedFn = Box<dyn FnMut() + Send>;
+type NewLeaderFn = Box<dyn FnMut(Option<&Identity>) + Send>;
+
+/// Why a driver could not be built.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A required callback is missing (client-go's rules 6 and 7).
+    #[error("{0}")]
+    MissingCallback(&'static str),
+}
+
+/// Builds a [`LeaderElector`].
+pub struct Builder<L> {
+    config: Config,
+    lock: L,
+    seed: Option<u64>,
+    on_started: Option<StartedFn>,
+    on_stopped: Option<StoppedFn>,
+    on_new_leader: Option<NewLeaderFn>,
+}
+
+impl<L: Lock> Builder<L> {
+    /// The leader work: called in a task of its own at the start of every term. It must stop
+    /// when `LeaderContext::cancel` fires. Required.
+    pub fn on_started_leading<F, Fut>(mut self, mut f: F) -> Self
+    where
+        F: FnMut(LeaderContext) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.on_started = Some(Box::new(move |ctx| Box::pin(f(ctx))));
+        self
+    }
+
+    /// Called when a term ends, and once at exit if the elector never led (client-go's
+    /// `OnStoppedLeading`). Required. Keep it short: it runs on the driver's task.
+    pub fn on_stopped_leading(mut self, f: impl FnMut() + Send + 'static) -> Self {
+        self.on_stopped = Some(Box::new(f));
+        self
+    }
+
+    /// Called on every observed change of holder (`None`: released). Optional; keep it short.
+    pub fn on_new_leader(mut self, f: impl FnMut(Option<&Identity>) + Send + 'static) -> Self {
+        self.on_new_leader = Some(Box::new(f));
+        self
+    }
+
+    /// The seed of the retry jitter (default: random).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Validates and builds.
+    ///
+    /// # Errors
+    /// An invalid configuration, or a missing callback, with client-go's messages.
+    pub fn build(self) -> Result<LeaderElector<L>, BuildError> {
+        self.config.validate()?;
+        let on_started = self.on_started.ok_or(BuildError::MissingCallback(
+            "OnStartedLeading callback must not be nil",
+        ))?;
+        let on_stopped = self.on_stopped.ok_or(BuildError::MissingCallback(
+            "OnStoppedLeading callback must not be nil",
+        ))?;
+        let clock = Clock::new();
+        let elector = Elector::new(
+            self.config.clone(),
+            clock.now(),
+            self.seed.unwrap_or_else(random_seed),
+        )?;
+        let shared = Shared::new(elector, clock);
+        let (state_tx, _) = watch::channel(shared.state());
+        Ok(LeaderElector {
+            config: self.config,
+            lock: Arc::new(self.lock),
+            shared,
+            state_tx,
+            on_started,
+            on_stopped,
+            on_new_leader: self.on_new_leader,
+        })
+    }
+}
+
+/// A leader elector driven by tokio.
+pub struct LeaderElector<L> {
+    config: Config,
+    lock: Arc<L>,
+    shared: Shared,
+    state_tx: watch::Sender<LeaderState>,
+    on_started: StartedFn,
+    on_stopped: StoppedFn,
+    on_new_leader: Option<NewLeaderFn>,
+}
+
+/// The running elector: its state, and a way to stop it.
+pub struct Handle {
+    shared: Shared,
+    state: watch::Receiver<LeaderState>,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Handle {
+    /// A receiver of the state, updated after every step.
+    pub fn state(&self) -> watch::Receiver<LeaderState> {
+        self.state.clone()
+    }
+
+    /// Whether this candidate leads right now (false from `leader_until` on, even if the
+    /// driver is stuck).
+    pub fn is_leader(&self) -> bool {
+        self.shared.is_leader()
+    }
+
+    /// The holder last observed.
+    pub fn leader(&self) -> Option<Identity> {
+        self.shared.elector().leader().cloned()
+    }
+
+    /// client-go's healthz check: an error when this candidate's lease was last seen renewed
+    /// more than `lease_duration + max_tolerable_expired` ago (a wedged process).
+    ///
+    /// # Errors
+    /// A message naming the lock.
+    pub fn check(&self, max_tolerable_expired: Duration) -> Result<(), String> {
+        self.shared.check(max_tolerable_expired)
+    }
+
+    /// Steps down (the leader work is cancelled), waits for the leader work to stop, releases
+    /// the lock if configured, and returns when the elector has finished.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Whether the elector has finished (one-shot after a loss, or shut down).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Waits until the elector finishes on its own.
+    pub async fn finished(self) {
+        let _ = self.task.await;
+    }
+
+    /// Stops the driver at once, as a crash would: no release. The leader work's token still
+    /// fires at `leader_until`.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
+
+struct Term {
+    cancel: CancellationToken,
+    until: watch::Sender<::tokio::time::Instant>,
+    work: JoinHandle<()>,
+}
+
+impl<L: Lock> LeaderElector<L> {
+    /// Starts building an elector for `config` on `lock`.
+    pub fn builder(config: Config, lock: L) -> Builder<L> {
+        Builder {
+            config,
+            lock,
+            seed: None,
+            on_started: None,
+            on_stopped: None,
+            on_new_leader: None,
+        }
+    }
+
+    /// Runs on a task of its own.
+    pub fn spawn(self) -> Handle {
+        let cancel = CancellationToken::new();
+        let shared = self.shared.clone();
+        let state = self.state_tx.subscribe();
+        let task = ::tokio::spawn(self.run(cancel.clone()));
+        Handle {
+            shared,
+            state,
+            cancel,
+            task,
+        }
+    }
+
+    /// Runs until the elector finishes: after losing leadership in one-shot mode, or after
+    /// `cancel` fires (then it steps down, waits for the leader work, and releases if
+    /// configured).
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let clock = self.shared.clock;
+        let mut watch: Option<BoxStream<'static, Result<Sighting, LockError>>> =
+            match self.config.observation {
+                Observation::Watch => self.lock.watch(),
+                Observation::Poll => None,
+            };
+        let mut pending: Option<(OpId, Pin<Box<dyn Future<Output = LockResult> + Send>>)> = None;
+        let mut term: Option<Term> = None;
+        let mut awaiting_work: Option<JoinHandle<()>> = None;
+        let mut shutdown_sent = false;
+        let mut terms_ended = 0u64;
+        loop {
+            // Carry out the actions; the drain ends with a sleep or with Done.
+            let wake = loop {
+                let action = self.shared.elector().poll_action();
+                match action {
+                    Action::Lock {
+                        op,
+                        request,
+                        deadline,
+                    } => {
+                        let lock = self.lock.clone();
+                        let deadline = clock.tokio_instant(deadline);
+                        pending = Some((
+                            op,
+                            Box::pin(async move {
+                                match timeout_at(deadline, lock.execute(request)).await {
+                                    Ok(result) => result,
+                                    Err(_) => Err(LockError::new(
+                                        LockErrorKind::Timeout,
+                                        "no answer before the operation's deadline",
+                                    )),
+                                }
+                            }),
+                        ));
+                    }
+                    Action::Emit(event) => {
+                        self.emit(&event, &mut term, &mut awaiting_work, &mut terms_ended);
+                    }
+                    Action::SleepUntil { at, .. } => break Some(at),
+                    Action::Done => break None,
+                }
+            };
+            self.state_tx.send_replace(self.shared.state());
+            let Some(wake) = wake else { break };
+            if awaiting_work.as_ref().is_some_and(JoinHandle::is_finished) {
+                awaiting_work = None;
+                self.shared.input(Input::LeaderWorkStopped);
+                continue;
+            }
+            ::tokio::select! {
+                biased;
+                () = cancel.cancelled(), if !shutdown_sent => {
+                    shutdown_sent = true;
+                    self.shared.input(Input::Shutdown);
+                }
+                result = poll_pending(&mut pending), if pending.is_some() => {
+                    if let Some((op, result)) = result {
+                        self.shared.input(|now| Input::LockResult { now, op, result });
+                    }
+                }
+                seen = next_sighting(&mut watch), if watch.is_some() => match seen {
+                    Some(Ok(record)) => self.shared.input(|now| Input::Observed { now, record }),
+                    Some(Err(e)) => tracing::warn!(lock = %self.lock.describe(), error = %e, "watch"),
+                    None => watch = None,
+                },
+                _ = wait_for(&mut awaiting_work), if awaiting_work.is_some() => {
+                    awaiting_work = None;
+                    self.shared.input(Input::LeaderWorkStopped);
+                }
+                () = sleep_until(clock.tokio_instant(wake)) => self.shared.input(Input::Timeout),
+            }
+        }
+        // The leader work has been told to stop; give it the rest of its term to do so.
+        if let Some(t) = term.take() {
+            t.cancel.cancel();
+            let _ = ::tokio::time::timeout(self.config.renew_deadline, t.work).await;
+        }
+        if terms_ended == 0 {
+            (self.on_stopped)();
+        }
+    }
+
+    fn emit(
+        &mut self,
+        event: &Event,
+        term: &mut Option<Term>,
+        awaiting_work: &mut Option<JoinHandle<()>>,
+        terms_ended: &mut u64,
+    ) {
+        let clock = self.shared.clock;
+        tracing::debug!(lock = %self.lock.describe(), ?event, "leader election");
+        if let Some(message) = event_message(event) {
+            let lock = self.lock.clone();
+            ::tokio::spawn(async move { lock.record_event(message).await });
+        }
+        match event {
+            Event::StartedLeading {
+                token,
+                leader_until,
+            } => {
+                let cancel = CancellationToken::new();
+                let until = clock.tokio_instant(*leader_until);
+                let (until_tx, until_rx) = watch::channel(until);
+                ::tokio::spawn(watchdog(cancel.clone(), until_rx));
+                let work = ::tokio::spawn((self.on_started)(LeaderContext {
+                    token: *token,
+                    cancel: cancel.clone(),
+                }));
+                *term = Some(Term {
+                    cancel,
+                    until: until_tx,
+                    work,
+                });
+            }
+            Event::Renewed { leader_until } => {
+                if let Some(t) = term {
+                    t.until.send_replace(clock.tokio_instant(*leader_until));
+                }
+            }
+            Event::StoppedLeading { reason } => {
+                *terms_ended += 1;
+                if let Some(t) = term.take() {
+                    t.cancel.cancel();
+                    // After a shutdown the elector releases only once the work has stopped.
+                    if *reason == StopReason::Shutdown {
+                        *awaiting_work = Some(t.work);
+                    }
+                }
+                (self.on_stopped)();
+            }
+            Event::NewLeader(leader) => {
+                if let Some(f) = &mut self.on_new_leader {
+                    f(leader.as_ref());
+                }
+            }
+            Event::Released => {}
+        }
+    }
+}
+
+/// Cancels the term's token when its (possibly renewed) end arrives.
+async fn watchdog(cancel: CancellationToken, mut until: watch::Receiver<::tokio::time::Instant>) {
+    loop {
+        let at = *until.borrow_and_update();
+        ::tokio::select! {
+            () = cancel.cancelled() => return,
+            changed = until.changed() => if changed.is_err() { return },
+            () = sleep_until(at) => {
+                if *until.borrow() <= at {
+                    cancel.cancel();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn poll_pending(
+    pending: &mut Option<(OpId, Pin<Box<dyn Future<Output = LockResult> + Send>>)>,
+) -> Option<(OpId, LockResult)> {
+    let (op, fut) = pending.as_mut()?;
+    let result = fut.await;
+    let op = *op;
+    *pending = None;
+    Some((op, result))
+}
+
+async fn next_sighting(
+    watch: &mut Option<BoxStream<'static, Result<Sighting, LockError>>>,
+) -> Option<Result<Sighting, LockError>> {
+    watch.as_mut()?.next().await
+}
+
+async fn wait_for(work: &mut Option<JoinHandle<()>>) {
+    if let Some(handle) = work.as_mut() {
+        let _ = handle.await;
+    }
+}

@@ -1,0 +1,411 @@
+//! The tokio driver: on the in-memory lock in paused (simulated) tokio time, and against the
+//! Lease API test server in real time.
+#![cfg(all(feature = "tokio", feature = "kube"))]
+
+mod apiserver;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use apiserver::{ApiServer, Kind};
+use leasehold::kube::LeaseLock;
+use leasehold::lock::Lock;
+use leasehold::tokio::{BuildError, Handle, LeaderElector};
+use leasehold::{AfterLoss, Config, Identity, MemoryLock, Observation, Role};
+use tokio::time::{Instant, sleep};
+
+fn id(s: &str) -> Identity {
+    Identity::new(s).expect("non-empty")
+}
+
+/// 2 s lease, 1.5 s renew deadline, 200 ms retry period, release on shutdown.
+fn fast(name: &str) -> Config {
+    let mut c = Config::new(id(name));
+    c.lease_duration = Duration::from_secs(2);
+    c.renew_deadline = Duration::from_millis(1500);
+    c.retry_period = Duration::from_millis(200);
+    c.release_on_cancel = true;
+    c
+}
+
+#[derive(Default, Clone)]
+struct Log(Arc<Mutex<Vec<(Instant, String)>>>);
+
+impl Log {
+    fn push(&self, what: String) {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .push((Instant::now(), what));
+    }
+    fn count(&self, what: &str) -> usize {
+        let log = self.0.lock().expect("not poisoned");
+        log.iter().filter(|(_, w)| w == what).count()
+    }
+}
+
+fn spawn<L: Lock>(config: Config, lock: L, log: &Log) -> Handle {
+    let name = config.identity.to_string();
+    let (started, stopped) = (log.clone(), log.clone());
+    let (n1, n2) = (name.clone(), name);
+    LeaderElector::builder(config, lock)
+        .on_started_leading(move |leader| {
+            started.push(format!("{n1} started"));
+            async move { leader.cancel.cancelled().await }
+        })
+        .on_stopped_leading(move || stopped.push(format!("{n2} stopped")))
+        .seed(7)
+        .build()
+        .expect("valid")
+        .spawn()
+}
+
+async fn leader_of(handles: &[Handle]) -> Option<usize> {
+    let leaders: Vec<usize> = (0..handles.len())
+        .filter(|&i| handles[i].is_leader())
+        .collect();
+    assert!(leaders.len() <= 1, "two leaders: {leaders:?}");
+    leaders.first().copied()
+}
+
+/// Polls every 10 ms (checking there is never more than one leader) until `f` holds.
+async fn until(handles: &[Handle], limit: Duration, f: impl Fn(Option<usize>) -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if f(leader_of(handles).await) {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "not within {limit:?}");
+        sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// ---- in-memory lock, simulated time ---------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn three_candidates_exactly_one_leader() {
+    let lock = MemoryLock::new();
+    let log = Log::default();
+    let handles: Vec<Handle> = ["a", "b", "c"]
+        .iter()
+        .map(|n| spawn(fast(n), lock.clone(), &log))
+        .collect();
+    until(&handles, Duration::from_secs(1), |l| l.is_some()).await;
+    let first = leader_of(&handles).await;
+    for _ in 0..2000 {
+        assert_eq!(
+            leader_of(&handles).await,
+            first,
+            "leadership is stable without faults"
+        );
+        sleep(Duration::from_millis(10)).await;
+    }
+    let leader = first.expect("a leader");
+    assert_eq!(handles[leader].state().borrow().role, Role::Leader);
+    let name = ["a", "b", "c"][leader];
+    assert_eq!(
+        log.count(&format!("{name} started")),
+        1,
+        "one term, no flapping"
+    );
+    assert_eq!(log.count(&format!("{name} stopped")), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_aborted_leader_is_replaced_after_about_a_lease() {
+    let lock = MemoryLock::new();
+    let log = Log::default();
+    let mut handles: Vec<Handle> = ["a", "b", "c"]
+        .iter()
+        .map(|n| spawn(fast(n), lock.clone(), &log))
+        .collect();
+    until(&handles, Duration::from_secs(1), |l| l.is_some()).await;
+    sleep(Duration::from_millis(700)).await;
+    let leader = leader_of(&handles).await.expect("a leader");
+    handles.remove(leader).abort();
+    let failover = until(&handles, Duration::from_secs(10), |l| l.is_some()).await;
+    let c = fast("x");
+    assert!(
+        failover >= c.lease_duration - c.retry_period,
+        "{failover:?}"
+    );
+    assert!(
+        failover <= c.failover_bound() + Duration::from_millis(20),
+        "{failover:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn graceful_handover_when_watching_is_immediate() {
+    let lock = MemoryLock::new();
+    let log = Log::default();
+    let watching = |n: &str| Config {
+        observation: Observation::Watch,
+        ..fast(n)
+    };
+    let mut handles: Vec<Handle> = ["a", "b", "c"]
+        .iter()
+        .map(|n| spawn(watching(n), lock.clone(), &log))
+        .collect();
+    until(&handles, Duration::from_secs(1), |l| l.is_some()).await;
+    let leader = leader_of(&handles).await.expect("a leader");
+    let start = Instant::now();
+    handles.remove(leader).shutdown().await;
+    let handover = start.elapsed() + until(&handles, Duration::from_secs(5), |l| l.is_some()).await;
+    assert!(
+        handover <= Duration::from_millis(20),
+        "one step of the watchers: {handover:?}"
+    );
+}
+
+/// The release waits for the leader work to return, and the work's token fires first.
+#[tokio::test(start_paused = true)]
+async fn release_happens_after_the_leader_work_returns() {
+    let lock = MemoryLock::new();
+    let seen_at_return = Arc::new(Mutex::new(None));
+    let (lock2, seen) = (lock.clone(), seen_at_return.clone());
+    let handle = LeaderElector::builder(fast("a"), lock.clone())
+        .on_started_leading(move |leader| {
+            let (lock, seen) = (lock2.clone(), seen.clone());
+            async move {
+                leader.cancel.cancelled().await;
+                sleep(Duration::from_millis(300)).await; // winding down
+                *seen.lock().expect("not poisoned") = lock.get().map(|r| r.value.holder);
+            }
+        })
+        .on_stopped_leading(|| {})
+        .build()
+        .expect("valid")
+        .spawn();
+    sleep(Duration::from_millis(500)).await;
+    assert!(handle.is_leader());
+    handle.shutdown().await;
+    assert_eq!(
+        *seen_at_return.lock().expect("not poisoned"),
+        Some(Some(id("a"))),
+        "still held while the work winds down"
+    );
+    assert_eq!(
+        lock.get().map(|r| r.value.holder),
+        Some(None),
+        "released after"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn callbacks_follow_client_go() {
+    let lock = MemoryLock::new();
+    lock.create(leasehold::LeaderElectionRecord {
+        holder: Some(id("other")),
+        lease_duration_seconds: 3600,
+        ..Default::default()
+    })
+    .expect("absent");
+    let stopped = Arc::new(AtomicUsize::new(0));
+    let leaders = Arc::new(Mutex::new(Vec::new()));
+    let (s, l) = (stopped.clone(), leaders.clone());
+    let handle = LeaderElector::builder(fast("a"), lock)
+        .on_started_leading(|_| async {})
+        .on_stopped_leading(move || {
+            s.fetch_add(1, Ordering::SeqCst);
+        })
+        .on_new_leader(move |who| l.lock().expect("not poisoned").push(who.cloned()))
+        .build()
+        .expect("valid")
+        .spawn();
+    sleep(Duration::from_secs(1)).await;
+    assert!(!handle.is_leader());
+    assert_eq!(handle.leader(), Some(id("other")));
+    handle.shutdown().await;
+    assert_eq!(
+        stopped.load(Ordering::SeqCst),
+        1,
+        "called at exit even without leading"
+    );
+    assert_eq!(
+        *leaders.lock().expect("not poisoned"),
+        vec![Some(id("other"))]
+    );
+}
+
+#[tokio::test]
+async fn the_builder_requires_client_go_s_callbacks_and_a_valid_config() {
+    let err = LeaderElector::builder(fast("a"), MemoryLock::new())
+        .on_stopped_leading(|| {})
+        .build()
+        .err();
+    assert_eq!(
+        err.map(|e| e.to_string()),
+        Some("OnStartedLeading callback must not be nil".to_string())
+    );
+    let err = LeaderElector::builder(fast("a"), MemoryLock::new())
+        .on_started_leading(|_| async {})
+        .build()
+        .err();
+    assert_eq!(
+        err.map(|e| e.to_string()),
+        Some("OnStoppedLeading callback must not be nil".to_string())
+    );
+    let mut bad = fast("a");
+    bad.renew_deadline = bad.lease_duration;
+    let err = LeaderElector::builder(bad, MemoryLock::new())
+        .on_started_leading(|_| async {})
+        .on_stopped_leading(|| {})
+        .build()
+        .err();
+    assert!(matches!(err, Some(BuildError::Config(_))));
+}
+
+// ---- the Lease API test server, real time ---------------------------------------------------
+
+async fn lease_candidates(
+    server: &ApiServer,
+    names: &[&str],
+    config: impl Fn(&str) -> Config,
+    log: &Log,
+) -> Vec<Handle> {
+    names
+        .iter()
+        .map(|n| {
+            spawn(
+                config(n),
+                LeaseLock::new(server.client(), "default", "ctl"),
+                log,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_three_candidates_one_leader_and_crash_failover() {
+    let server = ApiServer::start().await;
+    let log = Log::default();
+    let mut handles = lease_candidates(&server, &["a", "b", "c"], fast, &log).await;
+    until(&handles, Duration::from_secs(3), |l| l.is_some()).await;
+    sleep(Duration::from_millis(500)).await;
+    let leader = leader_of(&handles).await.expect("a leader");
+    handles.remove(leader).abort();
+    let failover = until(&handles, Duration::from_secs(10), |l| l.is_some()).await;
+    eprintln!("lease failover after abort, polling: {failover:?}");
+    assert!(failover >= Duration::from_millis(1500), "{failover:?}");
+    assert!(failover <= Duration::from_millis(3000), "{failover:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_graceful_handover_when_watching() {
+    let server = ApiServer::start().await;
+    let log = Log::default();
+    let watching = |n: &str| Config {
+        observation: Observation::Watch,
+        ..fast(n)
+    };
+    let mut handles = lease_candidates(&server, &["a", "b", "c"], watching, &log).await;
+    until(&handles, Duration::from_secs(3), |l| l.is_some()).await;
+    sleep(Duration::from_millis(500)).await;
+    let leader = leader_of(&handles).await.expect("a leader");
+    let start = Instant::now();
+    handles.remove(leader).shutdown().await;
+    let released = start.elapsed();
+    let handover = released + until(&handles, Duration::from_secs(5), |l| l.is_some()).await;
+    eprintln!("lease handover after graceful shutdown, watching: {handover:?}");
+    assert!(
+        handover <= Duration::from_millis(500),
+        "a few round trips: {handover:?}"
+    );
+    let stored = server
+        .object(Kind::Lease, "default", "ctl")
+        .expect("stored");
+    assert_ne!(stored["spec"]["holderIdentity"], "");
+}
+
+/// An API outage longer than the renew deadline: the leader steps down by its own clock, before
+/// anyone else could take over (nobody can reach the API), and nobody leads during it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_outage_longer_than_the_renew_deadline() {
+    let server = ApiServer::start().await;
+    let log = Log::default();
+    let recontending = |n: &str| Config {
+        after_loss: AfterLoss::Recontend,
+        ..fast(n)
+    };
+    let handles = lease_candidates(&server, &["a", "b", "c"], recontending, &log).await;
+    until(&handles, Duration::from_secs(3), |l| l.is_some()).await;
+    sleep(Duration::from_millis(300)).await;
+    server.hang(true);
+    let outage = Instant::now();
+    let stepped_down = until(&handles, Duration::from_secs(3), |l| l.is_none()).await;
+    assert!(
+        stepped_down <= Duration::from_millis(1500),
+        "within RD: {stepped_down:?}"
+    );
+    sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        leader_of(&handles).await,
+        None,
+        "nobody leads while the API is down"
+    );
+    server.hang(false);
+    let back = until(&handles, Duration::from_secs(10), |l| l.is_some()).await;
+    eprintln!(
+        "outage: stepped down after {stepped_down:?}, leader again {back:?} after the API returned ({:?} in all)",
+        outage.elapsed()
+    );
+    for h in handles {
+        h.shutdown().await;
+    }
+}
+
+/// 500s on every third request and 429s on every fifth: the leader keeps leading (failed
+/// renewals fall back to the slow path and retry within the renew deadline). One candidate, so
+/// that the faults hit the leader's own requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_intermittent_errors_do_not_cost_leadership() {
+    for (every, code) in [(3, 500), (5, 429)] {
+        let server = ApiServer::start().await;
+        let log = Log::default();
+        let handles = lease_candidates(&server, &["a"], fast, &log).await;
+        until(&handles, Duration::from_secs(3), |l| l.is_some()).await;
+        let leader = leader_of(&handles).await;
+        server.fail_every(Some((every, code)));
+        for _ in 0..300 {
+            assert_eq!(leader_of(&handles).await, leader, "{code} every {every}");
+            sleep(Duration::from_millis(10)).await;
+        }
+        server.fail_every(None);
+        let slow = handles[leader.expect("a leader")]
+            .state()
+            .borrow()
+            .slow_path_renewals;
+        assert!(slow > 0, "failed renewals went the slow path");
+        for h in handles {
+            h.shutdown().await;
+        }
+    }
+}
+
+/// A hang shorter than the renew deadline costs nothing: the hung renewal times out at its
+/// deadline and a retry gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_short_hang_is_survived() {
+    let server = ApiServer::start().await;
+    let log = Log::default();
+    let handles = lease_candidates(&server, &["a", "b"], fast, &log).await;
+    until(&handles, Duration::from_secs(3), |l| l.is_some()).await;
+    let leader = leader_of(&handles).await;
+    server.hang(true);
+    sleep(Duration::from_millis(400)).await;
+    server.hang(false);
+    for _ in 0..200 {
+        assert_eq!(leader_of(&handles).await, leader);
+        sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        handles[leader.expect("a leader")]
+            .check(Duration::from_secs(1))
+            .is_ok()
+    );
+    for h in handles {
+        h.shutdown().await;
+    }
+}

@@ -136,6 +136,44 @@ async fn an_aborted_leader_is_replaced_after_about_a_lease() {
     );
 }
 
+/// A crashed driver's leader work is still told to stop, at the end of its term.
+#[tokio::test(start_paused = true)]
+async fn the_work_of_an_aborted_leader_stops_at_the_end_of_its_term() {
+    let stopped_at = Arc::new(Mutex::new(None));
+    let s = stopped_at.clone();
+    let handle = LeaderElector::builder(fast("a"), MemoryLock::new())
+        .on_started_leading(move |leader| {
+            let s = s.clone();
+            async move {
+                leader.cancel.cancelled().await;
+                *s.lock().expect("not poisoned") = Some(Instant::now());
+            }
+        })
+        .on_stopped_leading(|| {})
+        .build()
+        .expect("valid")
+        .spawn();
+    sleep(Duration::from_millis(500)).await;
+    let crash = Instant::now();
+    handle.abort();
+    sleep(Duration::from_secs(3)).await;
+    let stopped = stopped_at
+        .lock()
+        .expect("not poisoned")
+        .expect("the work was told to stop");
+    // The last renewal was issued at most one retry period before the crash.
+    assert!(
+        stopped - crash <= Duration::from_millis(1500),
+        "{:?}",
+        stopped - crash
+    );
+    assert!(
+        stopped - crash >= Duration::from_millis(1300),
+        "{:?}",
+        stopped - crash
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn graceful_handover_when_watching_is_immediate() {
     let lock = MemoryLock::new();

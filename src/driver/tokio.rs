@@ -387,13 +387,20 @@ impl<L: Lock> LeaderElector<L> {
     }
 }
 
-/// Cancels the term's token when its (possibly renewed) end arrives.
+/// Cancels the term's token when its (possibly renewed) end arrives. If the driver goes away
+/// (aborted, panicked), the last known end stands.
 async fn watchdog(cancel: CancellationToken, mut until: watch::Receiver<::tokio::time::Instant>) {
     loop {
         let at = *until.borrow_and_update();
         ::tokio::select! {
             () = cancel.cancelled() => return,
-            changed = until.changed() => if changed.is_err() { return },
+            changed = until.changed() => {
+                if changed.is_err() {
+                    sleep_until(at).await;
+                    cancel.cancel();
+                    return;
+                }
+            }
             () = sleep_until(at) => {
                 if *until.borrow() <= at {
                     cancel.cancel();

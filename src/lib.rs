@@ -130,6 +130,8 @@ pub mod time;
 pub use config::{AfterLoss, Config, ConfigError, Observation};
 #[cfg(any(feature = "tokio", feature = "blocking"))]
 pub use driver::LeaderState;
+#[cfg(feature = "blocking")]
+pub use driver::blocking;
 #[cfg(feature = "tokio")]
 pub use driver::tokio;
 pub use elector::{

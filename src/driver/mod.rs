@@ -57,6 +57,24 @@ impl Clock {
         at - self.now().instant
     }
 
+    /// The std instant of `at`.
+    #[cfg_attr(not(feature = "blocking"), allow(dead_code))]
+    pub(crate) fn std_instant(&self, at: Instant) -> std::time::Instant {
+        let origin = {
+            #[cfg(feature = "tokio")]
+            {
+                self.origin.into_std()
+            }
+            #[cfg(not(feature = "tokio"))]
+            {
+                self.origin
+            }
+        };
+        origin
+            .checked_add(Duration::from_nanos(at.as_nanos()))
+            .unwrap_or_else(|| origin + Duration::from_secs(86_400 * 365 * 30))
+    }
+
     #[cfg(feature = "tokio")]
     pub(crate) fn tokio_instant(&self, at: Instant) -> ::tokio::time::Instant {
         let at = Duration::from_nanos(at.as_nanos());
@@ -132,12 +150,69 @@ impl Shared {
     }
 }
 
-/// What the Kubernetes event for `event` says, if it gets one (client-go's messages).
-pub(crate) fn event_message(event: &Event) -> Option<&'static str> {
-    match event {
-        Event::StartedLeading { .. } => Some("became leader"),
-        Event::StoppedLeading { .. } => Some("stopped leading"),
-        _ => None,
+/// What a driver does about an elector event. Both drivers carry these out the same way in
+/// their own runtime; the policy lives here, once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Effect {
+    /// Record a Kubernetes event on the lock (client-go's messages).
+    RecordEvent(&'static str),
+    /// Start the leader work with this token; it must stop by `leader_until`.
+    StartWork {
+        token: FencingToken,
+        leader_until: Instant,
+    },
+    /// The term now lasts until `leader_until`.
+    ExtendWork { leader_until: Instant },
+    /// Tell the leader work to stop. With `report`, feed `Input::LeaderWorkStopped` once it
+    /// has returned (the elector releases only then).
+    StopWork { report: bool },
+    /// Call `on_stopped_leading`.
+    Stopped,
+    /// Call `on_new_leader`.
+    NewLeader(Option<Identity>),
+}
+
+/// The drivers' shared bookkeeping of callbacks.
+#[derive(Debug, Default)]
+pub(crate) struct Core {
+    terms_ended: u64,
+}
+
+impl Core {
+    pub(crate) fn effects(&mut self, event: &Event) -> Vec<Effect> {
+        match event {
+            Event::StartedLeading {
+                token,
+                leader_until,
+            } => vec![
+                Effect::RecordEvent("became leader"),
+                Effect::StartWork {
+                    token: *token,
+                    leader_until: *leader_until,
+                },
+            ],
+            Event::Renewed { leader_until } => vec![Effect::ExtendWork {
+                leader_until: *leader_until,
+            }],
+            Event::StoppedLeading { reason } => {
+                self.terms_ended += 1;
+                vec![
+                    Effect::StopWork {
+                        report: *reason == crate::elector::StopReason::Shutdown,
+                    },
+                    Effect::RecordEvent("stopped leading"),
+                    Effect::Stopped,
+                ]
+            }
+            Event::NewLeader(leader) => vec![Effect::NewLeader(leader.clone())],
+            Event::Released => Vec::new(),
+        }
+    }
+
+    /// client-go calls `OnStoppedLeading` whenever the elector exits; here it is called at the
+    /// end of every term, and at exit only if no term ever ended.
+    pub(crate) fn stopped_at_exit(&self) -> bool {
+        self.terms_ended == 0
     }
 }
 

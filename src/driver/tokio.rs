@@ -35,9 +35,9 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{Clock, LeaderState, Shared, event_message, random_seed};
+use super::{Clock, Core, Effect, LeaderState, Shared, random_seed};
 use crate::config::{Config, ConfigError, Observation};
-use crate::elector::{Action, Elector, Event, FencingToken, Input, OpId, StopReason};
+use crate::elector::{Action, Elector, FencingToken, Input, OpId};
 use crate::lock::{Lock, LockError, LockErrorKind, LockResult, Sighting};
 use crate::record::Identity;
 
@@ -51,6 +51,8 @@ pub struct LeaderContext {
     pub cancel: CancellationToken,
 }
 
+/// The operation in flight: its id and the call, already bounded by its deadline.
+type PendingOp = (OpId, Pin<Box<dyn Future<Output = LockResult> + Send>>);
 type StartedFn = Box<dyn FnMut(LeaderContext) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 type StoppedFn = Box<dyn FnMut() + Send>;
 type NewLeaderFn = Box<dyn FnMut(Option<&Identity>) + Send>;
@@ -252,11 +254,11 @@ impl<L: Lock> LeaderElector<L> {
                 Observation::Watch => self.lock.watch(),
                 Observation::Poll => None,
             };
-        let mut pending: Option<(OpId, Pin<Box<dyn Future<Output = LockResult> + Send>>)> = None;
+        let mut pending: Option<PendingOp> = None;
         let mut term: Option<Term> = None;
         let mut awaiting_work: Option<JoinHandle<()>> = None;
         let mut shutdown_sent = false;
-        let mut terms_ended = 0u64;
+        let mut core = Core::default();
         loop {
             // Carry out the actions; the drain ends with a sleep or with Done.
             let wake = loop {
@@ -283,7 +285,10 @@ impl<L: Lock> LeaderElector<L> {
                         ));
                     }
                     Action::Emit(event) => {
-                        self.emit(&event, &mut term, &mut awaiting_work, &mut terms_ended);
+                        tracing::debug!(lock = %self.lock.describe(), ?event, "leader election");
+                        for effect in core.effects(&event) {
+                            self.apply(effect, &mut term, &mut awaiting_work);
+                        }
                     }
                     Action::SleepUntil { at, .. } => break Some(at),
                     Action::Done => break None,
@@ -324,35 +329,32 @@ impl<L: Lock> LeaderElector<L> {
             t.cancel.cancel();
             let _ = ::tokio::time::timeout(self.config.renew_deadline, t.work).await;
         }
-        if terms_ended == 0 {
+        if core.stopped_at_exit() {
             (self.on_stopped)();
         }
     }
 
-    fn emit(
+    fn apply(
         &mut self,
-        event: &Event,
+        effect: Effect,
         term: &mut Option<Term>,
         awaiting_work: &mut Option<JoinHandle<()>>,
-        terms_ended: &mut u64,
     ) {
         let clock = self.shared.clock;
-        tracing::debug!(lock = %self.lock.describe(), ?event, "leader election");
-        if let Some(message) = event_message(event) {
-            let lock = self.lock.clone();
-            ::tokio::spawn(async move { lock.record_event(message).await });
-        }
-        match event {
-            Event::StartedLeading {
+        match effect {
+            Effect::RecordEvent(message) => {
+                let lock = self.lock.clone();
+                ::tokio::spawn(async move { lock.record_event(message).await });
+            }
+            Effect::StartWork {
                 token,
                 leader_until,
             } => {
                 let cancel = CancellationToken::new();
-                let until = clock.tokio_instant(*leader_until);
-                let (until_tx, until_rx) = watch::channel(until);
+                let (until_tx, until_rx) = watch::channel(clock.tokio_instant(leader_until));
                 ::tokio::spawn(watchdog(cancel.clone(), until_rx));
                 let work = ::tokio::spawn((self.on_started)(LeaderContext {
-                    token: *token,
+                    token,
                     cancel: cancel.clone(),
                 }));
                 *term = Some(Term {
@@ -361,28 +363,26 @@ impl<L: Lock> LeaderElector<L> {
                     work,
                 });
             }
-            Event::Renewed { leader_until } => {
+            Effect::ExtendWork { leader_until } => {
                 if let Some(t) = term {
-                    t.until.send_replace(clock.tokio_instant(*leader_until));
+                    t.until.send_replace(clock.tokio_instant(leader_until));
                 }
             }
-            Event::StoppedLeading { reason } => {
-                *terms_ended += 1;
-                if let Some(t) = term.take() {
+            Effect::StopWork { report } => {
+                let work = term.take().map(|t| {
                     t.cancel.cancel();
-                    // After a shutdown the elector releases only once the work has stopped.
-                    if *reason == StopReason::Shutdown {
-                        *awaiting_work = Some(t.work);
-                    }
+                    t.work
+                });
+                if report {
+                    *awaiting_work = Some(work.unwrap_or_else(|| ::tokio::spawn(async {})));
                 }
-                (self.on_stopped)();
             }
-            Event::NewLeader(leader) => {
+            Effect::Stopped => (self.on_stopped)(),
+            Effect::NewLeader(leader) => {
                 if let Some(f) = &mut self.on_new_leader {
                     f(leader.as_ref());
                 }
             }
-            Event::Released => {}
         }
     }
 }
@@ -411,9 +411,7 @@ async fn watchdog(cancel: CancellationToken, mut until: watch::Receiver<::tokio:
     }
 }
 
-async fn poll_pending(
-    pending: &mut Option<(OpId, Pin<Box<dyn Future<Output = LockResult> + Send>>)>,
-) -> Option<(OpId, LockResult)> {
+async fn poll_pending(pending: &mut Option<PendingOp>) -> Option<(OpId, LockResult)> {
     let (op, fut) = pending.as_mut()?;
     let result = fut.await;
     let op = *op;

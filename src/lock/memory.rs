@@ -22,6 +22,9 @@ struct Store {
     /// Watchers, created by the first `watch`.
     #[cfg(feature = "tokio")]
     changes: Option<tokio::sync::watch::Sender<super::Sighting>>,
+    /// Blocking watchers.
+    #[cfg(feature = "blocking")]
+    subscribers: Vec<std::sync::mpsc::Sender<Result<super::Sighting, LockError>>>,
 }
 
 impl Store {
@@ -35,6 +38,12 @@ impl Store {
         #[cfg(feature = "tokio")]
         if let Some(changes) = &self.changes {
             changes.send_replace(self.current.clone());
+        }
+        #[cfg(feature = "blocking")]
+        {
+            let current = self.current.clone();
+            self.subscribers
+                .retain(|s| s.send(Ok(current.clone())).is_ok());
         }
     }
 }
@@ -118,6 +127,18 @@ impl MemoryLock {
                 Ok(version)
             }
         }
+    }
+
+    /// Every change from now on, starting with the current state (for the blocking driver).
+    #[cfg(feature = "blocking")]
+    pub(crate) fn subscribe(
+        &self,
+    ) -> std::sync::mpsc::Receiver<Result<super::Sighting, LockError>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut store = self.store();
+        let _ = tx.send(Ok(store.current.clone()));
+        store.subscribers.push(tx);
+        rx
     }
 
     /// Deletes the object, as an administrator might.

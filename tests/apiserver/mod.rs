@@ -160,13 +160,9 @@ impl ApiServer {
         ApiServer { addr, shared, task }
     }
 
-    /// A kube client for this server.
+    /// A kube client for this server (call it inside a tokio runtime).
     pub fn client(&self) -> kube::Client {
-        let url: hyper::Uri = format!("http://{}", self.addr).parse().expect("valid url");
-        let mut config = kube::Config::new(url);
-        // Faults must reach the code under test, not be retried away inside the client.
-        config.default_retry = false;
-        kube::Client::try_from(config).expect("client")
+        client_for(&self.url())
     }
 
     pub fn url(&self) -> String {
@@ -266,6 +262,15 @@ impl ApiServer {
             .map(|(_, v)| v.clone())
             .collect()
     }
+}
+
+/// A kube client for the server at `url` (call it inside a tokio runtime).
+pub fn client_for(url: &str) -> kube::Client {
+    let url: hyper::Uri = url.parse().expect("valid url");
+    let mut config = kube::Config::new(url);
+    // Faults must reach the code under test, not be retried away inside the client.
+    config.default_retry = false;
+    kube::Client::try_from(config).expect("client")
 }
 
 impl State {

@@ -1,0 +1,327 @@
+//! The blocking driver, mirroring the tokio driver's scenarios: on the in-memory lock, and
+//! against the Lease API test server through `RemoteLock`. Real time, short timings.
+#![cfg(all(feature = "blocking", feature = "kube"))]
+#![allow(clippy::disallowed_methods)] // these tests read the real clock
+
+mod apiserver;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use apiserver::{ApiServer, Kind};
+use leasehold::blocking::{BlockingLock, BuildError, Handle, LeaderElector, RemoteLock};
+use leasehold::kube::LeaseLock;
+use leasehold::lock::Sighting;
+use leasehold::{
+    Config, Identity, LeaderElectionRecord, LockError, LockErrorKind, MemoryLock, Observation,
+    Version,
+};
+
+fn id(s: &str) -> Identity {
+    Identity::new(s).expect("non-empty")
+}
+
+fn fast(name: &str) -> Config {
+    let mut c = Config::new(id(name));
+    c.lease_duration = Duration::from_secs(2);
+    c.renew_deadline = Duration::from_millis(1500);
+    c.retry_period = Duration::from_millis(200);
+    c.release_on_cancel = true;
+    c
+}
+
+fn spawn<L: BlockingLock>(config: Config, lock: L) -> Handle {
+    LeaderElector::builder(config, lock)
+        .on_started_leading(|leader| leader.stop.wait())
+        .on_stopped_leading(|| {})
+        .seed(3)
+        .build()
+        .expect("valid")
+        .spawn()
+}
+
+fn leader_of(handles: &[Handle]) -> Option<usize> {
+    let leaders: Vec<usize> = (0..handles.len())
+        .filter(|&i| handles[i].is_leader())
+        .collect();
+    assert!(leaders.len() <= 1, "two leaders: {leaders:?}");
+    leaders.first().copied()
+}
+
+fn until(handles: &[Handle], limit: Duration, f: impl Fn(Option<usize>) -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if f(leader_of(handles)) {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "not within {limit:?}");
+        sleep(Duration::from_millis(5));
+    }
+}
+
+/// A lock that can be cut off from one candidate (a partition).
+struct Cuttable {
+    lock: MemoryLock,
+    cut: Arc<AtomicBool>,
+}
+
+impl BlockingLock for Cuttable {
+    fn get(&self) -> Result<Sighting, LockError> {
+        self.check()?;
+        BlockingLock::get(&self.lock)
+    }
+    fn create(&self, record: LeaderElectionRecord) -> Result<Version, LockError> {
+        self.check()?;
+        BlockingLock::create(&self.lock, record)
+    }
+    fn update(
+        &self,
+        expected: Version,
+        record: LeaderElectionRecord,
+    ) -> Result<Version, LockError> {
+        self.check()?;
+        BlockingLock::update(&self.lock, expected, record)
+    }
+    fn describe(&self) -> String {
+        "cuttable".into()
+    }
+}
+
+impl Cuttable {
+    fn check(&self) -> Result<(), LockError> {
+        if self.cut.load(Ordering::SeqCst) {
+            return Err(LockError::new(LockErrorKind::Unavailable, "cut off"));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn three_candidates_exactly_one_leader() {
+    let lock = MemoryLock::new();
+    let handles: Vec<Handle> = ["a", "b", "c"]
+        .iter()
+        .map(|n| spawn(fast(n), lock.clone()))
+        .collect();
+    until(&handles, Duration::from_secs(1), |l| l.is_some());
+    let first = leader_of(&handles);
+    for _ in 0..300 {
+        assert_eq!(leader_of(&handles), first);
+        sleep(Duration::from_millis(5));
+    }
+    for h in handles {
+        h.shutdown();
+    }
+}
+
+#[test]
+fn a_partitioned_leader_steps_down_before_another_takes_over() {
+    let lock = MemoryLock::new();
+    let cuts: Vec<Arc<AtomicBool>> = (0..3).map(|_| Arc::default()).collect();
+    let handles: Vec<Handle> = ["a", "b", "c"]
+        .iter()
+        .zip(&cuts)
+        .map(|(n, cut)| {
+            let lock = Cuttable {
+                lock: lock.clone(),
+                cut: cut.clone(),
+            };
+            spawn(fast(n), lock)
+        })
+        .collect();
+    until(&handles, Duration::from_secs(1), |l| l.is_some());
+    sleep(Duration::from_millis(300));
+    let leader = leader_of(&handles).expect("a leader");
+    cuts[leader].store(true, Ordering::SeqCst);
+    let cut_at = Instant::now();
+    let stepped_down = until(&handles, Duration::from_secs(3), |l| l != Some(leader));
+    assert!(
+        stepped_down <= Duration::from_millis(1500),
+        "within RD: {stepped_down:?}"
+    );
+    let failover = cut_at.elapsed() + until(&handles, Duration::from_secs(5), |l| l.is_some());
+    assert!(failover >= Duration::from_millis(1700), "{failover:?}");
+    assert!(failover <= Duration::from_millis(2700), "{failover:?}");
+    for h in handles {
+        h.shutdown();
+    }
+}
+
+#[test]
+fn graceful_handover_when_watching() {
+    let lock = MemoryLock::new();
+    let watching = |n: &str| Config {
+        observation: Observation::Watch,
+        ..fast(n)
+    };
+    let mut handles: Vec<Handle> = ["a", "b", "c"]
+        .iter()
+        .map(|n| spawn(watching(n), lock.clone()))
+        .collect();
+    until(&handles, Duration::from_secs(1), |l| l.is_some());
+    let leader = leader_of(&handles).expect("a leader");
+    let start = Instant::now();
+    handles.remove(leader).shutdown();
+    let handover = start.elapsed() + until(&handles, Duration::from_secs(5), |l| l.is_some());
+    assert!(handover <= Duration::from_millis(100), "{handover:?}");
+    for h in handles {
+        h.shutdown();
+    }
+}
+
+#[test]
+fn release_happens_after_the_leader_work_returns() {
+    let lock = MemoryLock::new();
+    let seen = Arc::new(Mutex::new(None));
+    let (lock2, seen2) = (lock.clone(), seen.clone());
+    let handle = LeaderElector::builder(fast("a"), lock.clone())
+        .on_started_leading(move |leader| {
+            leader.stop.wait();
+            sleep(Duration::from_millis(200));
+            *seen2.lock().expect("not poisoned") = lock2.get().map(|r| r.value.holder);
+        })
+        .on_stopped_leading(|| {})
+        .build()
+        .expect("valid")
+        .spawn();
+    sleep(Duration::from_millis(300));
+    assert!(handle.is_leader());
+    assert!(handle.check(Duration::from_secs(1)).is_ok());
+    handle.shutdown();
+    assert_eq!(*seen.lock().expect("not poisoned"), Some(Some(id("a"))));
+    assert_eq!(lock.get().map(|r| r.value.holder), Some(None));
+}
+
+#[test]
+fn callbacks_and_builder_follow_client_go() {
+    let lock = MemoryLock::new();
+    lock.create(LeaderElectionRecord {
+        holder: Some(id("other")),
+        lease_duration_seconds: 3600,
+        ..Default::default()
+    })
+    .expect("absent");
+    let stopped = Arc::new(AtomicUsize::new(0));
+    let leaders = Arc::new(Mutex::new(Vec::new()));
+    let (s, l) = (stopped.clone(), leaders.clone());
+    let handle = LeaderElector::builder(fast("a"), lock.clone())
+        .on_started_leading(|_| {})
+        .on_stopped_leading(move || {
+            s.fetch_add(1, Ordering::SeqCst);
+        })
+        .on_new_leader(move |who| l.lock().expect("not poisoned").push(who.cloned()))
+        .build()
+        .expect("valid")
+        .spawn();
+    sleep(Duration::from_millis(300));
+    assert_eq!(handle.leader(), Some(id("other")));
+    assert_eq!(handle.state().leader, Some(id("other")));
+    handle.shutdown();
+    assert_eq!(stopped.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        *leaders.lock().expect("not poisoned"),
+        vec![Some(id("other"))]
+    );
+
+    let missing = LeaderElector::builder(fast("a"), lock.clone())
+        .on_stopped_leading(|| {})
+        .build();
+    assert_eq!(
+        missing.err().map(|e| e.to_string()),
+        Some("OnStartedLeading callback must not be nil".into())
+    );
+    let mut bad = fast("a");
+    bad.retry_period = Duration::from_secs(5);
+    let invalid = LeaderElector::builder(bad, lock)
+        .on_started_leading(|_| {})
+        .on_stopped_leading(|| {})
+        .build();
+    assert!(matches!(invalid.err(), Some(BuildError::Config(_))));
+}
+
+// ---- against the Lease API test server, through RemoteLock ----------------------------------
+
+struct Server {
+    server: ApiServer,
+    _runtime: tokio::runtime::Runtime,
+}
+
+fn server() -> Server {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let server = runtime.block_on(ApiServer::start());
+    Server {
+        server,
+        _runtime: runtime,
+    }
+}
+
+fn remote(url: &str) -> RemoteLock {
+    let url = url.to_string();
+    RemoteLock::spawn(move || async move {
+        Ok::<_, String>(LeaseLock::new(
+            apiserver::client_for(&url),
+            "default",
+            "ctl",
+        ))
+    })
+    .expect("the lock starts")
+}
+
+#[test]
+fn lease_one_leader_and_graceful_handover() {
+    let s = server();
+    let mut handles: Vec<Handle> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            let config = Config {
+                observation: Observation::Watch,
+                ..fast(n)
+            };
+            spawn(config, remote(&s.server.url()))
+        })
+        .collect();
+    until(&handles, Duration::from_secs(3), |l| l.is_some());
+    sleep(Duration::from_millis(300));
+    let leader = leader_of(&handles).expect("a leader");
+    let start = Instant::now();
+    handles.remove(leader).shutdown();
+    let handover = start.elapsed() + until(&handles, Duration::from_secs(5), |l| l.is_some());
+    eprintln!("blocking driver, lease handover when watching: {handover:?}");
+    assert!(handover <= Duration::from_millis(500), "{handover:?}");
+    let stored = s
+        .server
+        .object(Kind::Lease, "default", "ctl")
+        .expect("stored");
+    assert_ne!(stored["spec"]["holderIdentity"], "");
+    for h in handles {
+        h.shutdown();
+    }
+}
+
+/// A hung API: the lock calls hang, the driver's timers do not. The leader steps down within
+/// the renew deadline; nobody leads until the API answers again.
+#[test]
+fn lease_hang_does_not_stall_the_driver() {
+    let s = server();
+    let handles: Vec<Handle> = ["a", "b"]
+        .iter()
+        .map(|n| spawn(fast(n), remote(&s.server.url())))
+        .collect();
+    until(&handles, Duration::from_secs(3), |l| l.is_some());
+    sleep(Duration::from_millis(300));
+    s.server.hang(true);
+    let stepped_down = until(&handles, Duration::from_secs(3), |l| l.is_none());
+    assert!(
+        stepped_down <= Duration::from_millis(1500),
+        "{stepped_down:?}"
+    );
+    sleep(Duration::from_secs(2));
+    assert_eq!(leader_of(&handles), None);
+    s.server.hang(false);
+    until(&handles, Duration::from_secs(10), |l| l.is_some());
+    for h in handles {
+        h.shutdown();
+    }
+}

@@ -40,7 +40,8 @@
 //! * [`Action::Lock`]: perform the request at once and feed its result back as
 //!   [`Input::LockResult`] with the same [`OpId`]. Give up at its deadline; the elector will
 //!   have counted it as timed out, and a result that still arrives is ignored. The elector has
-//!   at most one operation outstanding.
+//!   at most one operation outstanding. (Sending late costs liveness, not safety: a term is
+//!   anchored at the instant the action was polled, which is never after the request left.)
 //! * [`Action::Emit`]: hand the [`Event`] to the application. Start the guarded work on
 //!   [`Event::StartedLeading`], stop it on [`Event::StoppedLeading`]. After a stop for
 //!   [`StopReason::Shutdown`], feed [`Input::LeaderWorkStopped`] once the work has stopped:
@@ -88,6 +89,17 @@
 //! The derived numbers are on [`Config`]: [`Config::tolerated_clock_rate_ratio`] (1.5 by
 //! default) and [`Config::failover_bound`]. client-go's leader keeps leading until its last
 //! success *plus* RP plus RD, so its margin is smaller; leasehold reaches the bound.
+//!
+//! # Drivers and locks
+//!
+//! * `leasehold::tokio` (feature `tokio`): `LeaderElector` with client-go's callbacks, made
+//!   safer: the leader work gets a cancellation token that fires at the end of the term at the
+//!   latest, even if the driver is stuck, and the lock is released only after the work returned.
+//! * `leasehold::blocking` (feature `blocking`): the same on std threads, with a `BlockingLock`
+//!   twin of the lock interface and `RemoteLock` to run a Kubernetes lock on a private runtime.
+//! * `leasehold::kube` (feature `kube`): Lease, Endpoints and ConfigMap locks and MultiLock over
+//!   kube-rs, with Kubernetes events.
+//! * [`MemoryLock`]: a linearizable in-memory lock for tests, examples and single-host use.
 //!
 //! # Checking the theorem, and your configuration
 //!

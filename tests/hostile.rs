@@ -79,7 +79,11 @@ fn an_absurd_lease_duration_is_honoured() {
             h.wake();
         }
     }
-    assert!(h.now > secs(1800), "polled for over half an hour: {}", h.now);
+    assert!(
+        h.now > secs(1800),
+        "polled for over half an hour: {}",
+        h.now
+    );
 }
 
 /// Zero duration with a holder: decision, wait our own lease (client-go would take it at once).

@@ -447,3 +447,48 @@ async fn lease_short_hang_is_survived() {
         h.shutdown().await;
     }
 }
+
+/// A lock that cannot watch: asked to watch, the followers poll instead.
+struct NoWatch(MemoryLock);
+
+impl Lock for NoWatch {
+    async fn get(&self) -> Result<leasehold::lock::Sighting, leasehold::LockError> {
+        Lock::get(&self.0).await
+    }
+    async fn create(
+        &self,
+        record: leasehold::LeaderElectionRecord,
+    ) -> Result<leasehold::Version, leasehold::LockError> {
+        Lock::create(&self.0, record).await
+    }
+    async fn update(
+        &self,
+        expected: leasehold::Version,
+        record: leasehold::LeaderElectionRecord,
+    ) -> Result<leasehold::Version, leasehold::LockError> {
+        Lock::update(&self.0, expected, record).await
+    }
+    fn describe(&self) -> String {
+        "no-watch".into()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn watching_a_lock_that_cannot_watch_falls_back_to_polling() {
+    let lock = MemoryLock::new();
+    let log = Log::default();
+    let watching = |n: &str| Config {
+        observation: Observation::Watch,
+        ..fast(n)
+    };
+    let mut handles: Vec<Handle> = ["a", "b"]
+        .iter()
+        .map(|n| spawn(watching(n), NoWatch(lock.clone()), &log))
+        .collect();
+    until(&handles, Duration::from_secs(1), |l| l.is_some()).await;
+    let leader = leader_of(&handles).await.expect("a leader");
+    handles.remove(leader).shutdown().await;
+    // Polling sees the release within one jittered retry period (not a whole lease).
+    let handover = until(&handles, Duration::from_secs(5), |l| l.is_some()).await;
+    assert!(handover <= fast("x").max_retry_interval(), "{handover:?}");
+}

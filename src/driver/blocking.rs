@@ -31,9 +31,10 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::{Clock, Core, Effect, LeaderState, Shared, random_seed};
-use crate::config::{Config, ConfigError, Observation};
-use crate::elector::{Action, Elector, FencingToken, Input, OpId};
+pub use super::BuildError;
+use super::{Core, Effect, LeaderState, NewLeaderFn, Shared, StoppedFn};
+use crate::config::{Config, Observation};
+use crate::elector::{Action, FencingToken, Input, OpId};
 use crate::lock::{
     LockError, LockErrorKind, LockRequest, LockResponse, LockResult, MemoryLock, Sighting,
 };
@@ -188,86 +189,40 @@ pub struct LeaderContext {
     pub stop: StopSignal,
 }
 
-/// Why a driver could not be built.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[non_exhaustive]
-pub enum BuildError {
-    /// The configuration is invalid.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// A required callback is missing (client-go's rules 6 and 7).
-    #[error("{0}")]
-    MissingCallback(&'static str),
-}
-
 type StartedFn = Arc<dyn Fn(LeaderContext) + Send + Sync>;
-type StoppedFn = Box<dyn FnMut() + Send>;
-type NewLeaderFn = Box<dyn FnMut(Option<&Identity>) + Send>;
 
 /// Builds a blocking [`LeaderElector`].
-pub struct Builder<L> {
-    config: Config,
-    lock: L,
-    seed: Option<u64>,
-    on_started: Option<StartedFn>,
-    on_stopped: Option<StoppedFn>,
-    on_new_leader: Option<NewLeaderFn>,
-}
+pub type Builder<L> = super::Builder<L, StartedFn>;
 
 impl<L: BlockingLock> Builder<L> {
     /// The leader work, run on a thread of its own at the start of every term; it must return
     /// when `LeaderContext::stop` fires. Required.
-    pub fn on_started_leading(mut self, f: impl Fn(LeaderContext) + Send + Sync + 'static) -> Self {
-        self.on_started = Some(Arc::new(f));
-        self
+    pub fn on_started_leading(self, f: impl Fn(LeaderContext) + Send + Sync + 'static) -> Self {
+        self.set_on_started(Arc::new(f))
     }
 
-    /// Called when a term ends, and once at exit if the elector never led. Required; runs on
-    /// the driver's thread, keep it short.
-    pub fn on_stopped_leading(mut self, f: impl FnMut() + Send + 'static) -> Self {
-        self.on_stopped = Some(Box::new(f));
-        self
-    }
-
-    /// Called on every observed change of holder (`None`: released). Optional.
-    pub fn on_new_leader(mut self, f: impl FnMut(Option<&Identity>) + Send + 'static) -> Self {
-        self.on_new_leader = Some(Box::new(f));
-        self
-    }
-
-    /// The seed of the retry jitter (default: random).
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
-        self
-    }
-
-    /// Validates and builds.
+    /// Validates and builds. With `Observation::Watch`, the lock's watch is opened here; a
+    /// lock that cannot watch makes followers poll.
     ///
     /// # Errors
     /// An invalid configuration, or a missing callback, with client-go's messages.
     pub fn build(self) -> Result<LeaderElector<L>, BuildError> {
-        self.config.validate()?;
-        let on_started = self.on_started.ok_or(BuildError::MissingCallback(
-            "OnStartedLeading callback must not be nil",
-        ))?;
-        let on_stopped = self.on_stopped.ok_or(BuildError::MissingCallback(
-            "OnStoppedLeading callback must not be nil",
-        ))?;
-        let clock = Clock::new();
-        let seed = self.seed.unwrap_or_else(random_seed);
-        let elector = Elector::new(self.config.clone(), clock.now(), seed)?;
-        let shared = Shared::new(elector, clock);
+        let changes = match self.config.observation {
+            Observation::Watch => self.lock.watch(),
+            Observation::Poll => None,
+        };
+        let parts = self.into_parts(changes.is_some())?;
         let (tx, rx) = mpsc::channel();
         Ok(LeaderElector {
-            config: self.config,
-            lock: Arc::new(self.lock),
-            state: Arc::new(Mutex::new(shared.state())),
-            shared,
+            lock: Arc::new(parts.lock),
+            state: Arc::new(Mutex::new(parts.shared.state())),
+            shared: parts.shared,
+            changes,
             tx,
             rx,
-            on_started,
-            on_stopped,
-            on_new_leader: self.on_new_leader,
+            on_started: parts.on_started,
+            on_stopped: parts.on_stopped,
+            on_new_leader: parts.on_new_leader,
         })
     }
 }
@@ -282,8 +237,8 @@ enum Message {
 
 /// A leader elector on std threads.
 pub struct LeaderElector<L> {
-    config: Config,
     lock: Arc<L>,
+    changes: Option<Receiver<Result<Sighting, LockError>>>,
     shared: Shared,
     state: Arc<Mutex<LeaderState>>,
     tx: Sender<Message>,
@@ -355,14 +310,7 @@ struct Term {
 impl<L: BlockingLock> LeaderElector<L> {
     /// Starts building an elector for `config` on `lock`.
     pub fn builder(config: Config, lock: L) -> Builder<L> {
-        Builder {
-            config,
-            lock,
-            seed: None,
-            on_started: None,
-            on_stopped: None,
-            on_new_leader: None,
-        }
+        Builder::new(config, lock)
     }
 
     /// Runs on a thread of its own.
@@ -399,9 +347,7 @@ impl<L: BlockingLock> LeaderElector<L> {
                 }
             }
         });
-        if self.config.observation == Observation::Watch
-            && let Some(changes) = self.lock.watch()
-        {
+        if let Some(changes) = self.changes.take() {
             let tx = self.tx.clone();
             std::thread::spawn(move || {
                 for change in changes {

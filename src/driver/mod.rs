@@ -150,6 +150,106 @@ impl Shared {
     }
 }
 
+/// Why a driver could not be built.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A required callback is missing (client-go's rules 6 and 7, with its messages).
+    #[error("{0}")]
+    MissingCallback(&'static str),
+}
+
+pub(crate) type StoppedFn = Box<dyn FnMut() + Send>;
+pub(crate) type NewLeaderFn = Box<dyn FnMut(Option<&Identity>) + Send>;
+
+/// Builds a driver: `leasehold::tokio::Builder` and `leasehold::blocking::Builder` are this
+/// type with their own kind of leader work `W`, and add `on_started_leading` and `build`.
+pub struct Builder<L, W> {
+    config: crate::config::Config,
+    lock: L,
+    seed: Option<u64>,
+    on_started: Option<W>,
+    on_stopped: Option<StoppedFn>,
+    on_new_leader: Option<NewLeaderFn>,
+}
+
+/// A validated builder, taken apart by a driver's `build`.
+pub(crate) struct Parts<L, W> {
+    pub(crate) config: crate::config::Config,
+    pub(crate) lock: L,
+    pub(crate) shared: Shared,
+    pub(crate) on_started: W,
+    pub(crate) on_stopped: StoppedFn,
+    pub(crate) on_new_leader: Option<NewLeaderFn>,
+}
+
+impl<L, W> Builder<L, W> {
+    pub(crate) fn new(config: crate::config::Config, lock: L) -> Self {
+        Builder {
+            config,
+            lock,
+            seed: None,
+            on_started: None,
+            on_stopped: None,
+            on_new_leader: None,
+        }
+    }
+
+    pub(crate) fn set_on_started(mut self, work: W) -> Self {
+        self.on_started = Some(work);
+        self
+    }
+
+    /// Called when a term ends, and once at exit if the elector never led (client-go's
+    /// `OnStoppedLeading`). Required. Keep it short: it runs on the driver.
+    pub fn on_stopped_leading(mut self, f: impl FnMut() + Send + 'static) -> Self {
+        self.on_stopped = Some(Box::new(f));
+        self
+    }
+
+    /// Called on every observed change of holder (`None`: released). Optional; keep it short.
+    pub fn on_new_leader(mut self, f: impl FnMut(Option<&Identity>) + Send + 'static) -> Self {
+        self.on_new_leader = Some(Box::new(f));
+        self
+    }
+
+    /// The seed of the retry jitter (default: random).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Validates the configuration and the callbacks (in client-go's order) and starts the
+    /// elector. `can_watch` says whether the lock delivers changes: if not, followers poll
+    /// whatever the configuration asks.
+    pub(crate) fn into_parts(mut self, can_watch: bool) -> Result<Parts<L, W>, BuildError> {
+        self.config.validate()?;
+        let on_started = self.on_started.ok_or(BuildError::MissingCallback(
+            "OnStartedLeading callback must not be nil",
+        ))?;
+        let on_stopped = self.on_stopped.ok_or(BuildError::MissingCallback(
+            "OnStoppedLeading callback must not be nil",
+        ))?;
+        if !can_watch {
+            self.config.observation = crate::config::Observation::Poll;
+        }
+        let clock = Clock::new();
+        let seed = self.seed.unwrap_or_else(random_seed);
+        let elector = Elector::new(self.config.clone(), clock.now(), seed)?;
+        Ok(Parts {
+            config: self.config,
+            lock: self.lock,
+            shared: Shared::new(elector, clock),
+            on_started,
+            on_stopped,
+            on_new_leader: self.on_new_leader,
+        })
+    }
+}
+
 /// What a driver does about an elector event. Both drivers carry these out the same way in
 /// their own runtime; the policy lives here, once.
 #[derive(Debug, Clone, PartialEq, Eq)]

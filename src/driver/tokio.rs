@@ -35,9 +35,10 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{Clock, Core, Effect, LeaderState, Shared, random_seed};
-use crate::config::{Config, ConfigError, Observation};
-use crate::elector::{Action, Elector, FencingToken, Input, OpId};
+pub use super::BuildError;
+use super::{Core, Effect, LeaderState, NewLeaderFn, Shared, StoppedFn};
+use crate::config::{Config, Observation};
+use crate::elector::{Action, FencingToken, Input, OpId};
 use crate::lock::{Lock, LockError, LockErrorKind, LockResult, Sighting};
 use crate::record::Identity;
 
@@ -54,90 +55,42 @@ pub struct LeaderContext {
 /// The operation in flight: its id and the call, already bounded by its deadline.
 type PendingOp = (OpId, Pin<Box<dyn Future<Output = LockResult> + Send>>);
 type StartedFn = Box<dyn FnMut(LeaderContext) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
-type StoppedFn = Box<dyn FnMut() + Send>;
-type NewLeaderFn = Box<dyn FnMut(Option<&Identity>) + Send>;
 
-/// Why a driver could not be built.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[non_exhaustive]
-pub enum BuildError {
-    /// The configuration is invalid.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// A required callback is missing (client-go's rules 6 and 7).
-    #[error("{0}")]
-    MissingCallback(&'static str),
-}
-
-/// Builds a [`LeaderElector`].
-pub struct Builder<L> {
-    config: Config,
-    lock: L,
-    seed: Option<u64>,
-    on_started: Option<StartedFn>,
-    on_stopped: Option<StoppedFn>,
-    on_new_leader: Option<NewLeaderFn>,
-}
+/// Builds a tokio [`LeaderElector`].
+pub type Builder<L> = super::Builder<L, StartedFn>;
 
 impl<L: Lock> Builder<L> {
     /// The leader work: called in a task of its own at the start of every term. It must stop
     /// when `LeaderContext::cancel` fires. Required.
-    pub fn on_started_leading<F, Fut>(mut self, mut f: F) -> Self
+    pub fn on_started_leading<F, Fut>(self, mut f: F) -> Self
     where
         F: FnMut(LeaderContext) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.on_started = Some(Box::new(move |ctx| Box::pin(f(ctx))));
-        self
+        self.set_on_started(Box::new(move |ctx| Box::pin(f(ctx))))
     }
 
-    /// Called when a term ends, and once at exit if the elector never led (client-go's
-    /// `OnStoppedLeading`). Required. Keep it short: it runs on the driver's task.
-    pub fn on_stopped_leading(mut self, f: impl FnMut() + Send + 'static) -> Self {
-        self.on_stopped = Some(Box::new(f));
-        self
-    }
-
-    /// Called on every observed change of holder (`None`: released). Optional; keep it short.
-    pub fn on_new_leader(mut self, f: impl FnMut(Option<&Identity>) + Send + 'static) -> Self {
-        self.on_new_leader = Some(Box::new(f));
-        self
-    }
-
-    /// The seed of the retry jitter (default: random).
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
-        self
-    }
-
-    /// Validates and builds.
+    /// Validates and builds. With `Observation::Watch`, the lock's watch stream is opened here;
+    /// a lock that cannot watch makes followers poll.
     ///
     /// # Errors
     /// An invalid configuration, or a missing callback, with client-go's messages.
     pub fn build(self) -> Result<LeaderElector<L>, BuildError> {
-        self.config.validate()?;
-        let on_started = self.on_started.ok_or(BuildError::MissingCallback(
-            "OnStartedLeading callback must not be nil",
-        ))?;
-        let on_stopped = self.on_stopped.ok_or(BuildError::MissingCallback(
-            "OnStoppedLeading callback must not be nil",
-        ))?;
-        let clock = Clock::new();
-        let elector = Elector::new(
-            self.config.clone(),
-            clock.now(),
-            self.seed.unwrap_or_else(random_seed),
-        )?;
-        let shared = Shared::new(elector, clock);
-        let (state_tx, _) = watch::channel(shared.state());
+        let watch = match self.config.observation {
+            Observation::Watch => self.lock.watch(),
+            Observation::Poll => None,
+        };
+        let parts = self.into_parts(watch.is_some())?;
+        let (state_tx, _) = watch::channel(parts.shared.state());
         Ok(LeaderElector {
-            config: self.config,
-            lock: Arc::new(self.lock),
-            shared,
+            config: parts.config,
+            lock: Arc::new(parts.lock),
+            shared: parts.shared,
             state_tx,
-            on_started,
-            on_stopped,
-            on_new_leader: self.on_new_leader,
+            watch,
+            on_started: parts.on_started,
+            on_stopped: parts.on_stopped,
+            on_new_leader: parts.on_new_leader,
         })
     }
 }
@@ -148,6 +101,7 @@ pub struct LeaderElector<L> {
     lock: Arc<L>,
     shared: Shared,
     state_tx: watch::Sender<LeaderState>,
+    watch: Option<BoxStream<'static, Result<Sighting, LockError>>>,
     on_started: StartedFn,
     on_stopped: StoppedFn,
     on_new_leader: Option<NewLeaderFn>,
@@ -220,14 +174,7 @@ struct Term {
 impl<L: Lock> LeaderElector<L> {
     /// Starts building an elector for `config` on `lock`.
     pub fn builder(config: Config, lock: L) -> Builder<L> {
-        Builder {
-            config,
-            lock,
-            seed: None,
-            on_started: None,
-            on_stopped: None,
-            on_new_leader: None,
-        }
+        Builder::new(config, lock)
     }
 
     /// Runs on a task of its own.
@@ -249,11 +196,7 @@ impl<L: Lock> LeaderElector<L> {
     /// configured).
     pub async fn run(mut self, cancel: CancellationToken) {
         let clock = self.shared.clock;
-        let mut watch: Option<BoxStream<'static, Result<Sighting, LockError>>> =
-            match self.config.observation {
-                Observation::Watch => self.lock.watch(),
-                Observation::Poll => None,
-            };
+        let mut watch = self.watch.take();
         let mut pending: Option<PendingOp> = None;
         let mut term: Option<Term> = None;
         let mut awaiting_work: Option<JoinHandle<()>> = None;

@@ -58,7 +58,6 @@ impl Clock {
     }
 
     /// The std instant of `at`.
-    #[cfg_attr(not(feature = "blocking"), allow(dead_code))]
     pub(crate) fn std_instant(&self, at: Instant) -> std::time::Instant {
         let origin = {
             #[cfg(feature = "tokio")]
@@ -93,8 +92,8 @@ pub struct LeaderState {
     pub leader: Option<Identity>,
     /// The fencing token of the current term, while leading.
     pub token: Option<FencingToken>,
-    /// How long the current term lasts from the moment of the snapshot, while leading.
-    pub leader_for: Option<Duration>,
+    /// When the current term ends unless renewed, while leading.
+    pub leader_until: Option<std::time::Instant>,
     /// Renewals that had to read first (client-go's `leader_election_slowpath_total`).
     pub slow_path_renewals: u64,
 }
@@ -133,7 +132,10 @@ impl Shared {
             role: e.role(),
             leader: e.leader().cloned(),
             token: e.fencing_token(),
-            leader_for: e.leader_until().filter(|&u| u > now).map(|u| u - now),
+            leader_until: e
+                .leader_until()
+                .filter(|&u| u > now)
+                .map(|u| self.clock.std_instant(u)),
             slow_path_renewals: e.slow_path_renewals(),
         }
     }

@@ -325,3 +325,28 @@ fn lease_hang_does_not_stall_the_driver() {
         h.shutdown();
     }
 }
+
+/// Without release too, `shutdown` returns only once the leader work has stopped.
+#[test]
+fn shutdown_waits_for_the_leader_work() {
+    let done = Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    let config = Config {
+        release_on_cancel: false,
+        ..fast("a")
+    };
+    let handle = LeaderElector::builder(config, MemoryLock::new())
+        .on_started_leading(move |leader| {
+            leader.stop.wait();
+            sleep(Duration::from_millis(200));
+            d.store(true, Ordering::SeqCst);
+        })
+        .on_stopped_leading(|| {})
+        .build()
+        .expect("valid")
+        .spawn();
+    sleep(Duration::from_millis(100));
+    assert!(handle.is_leader());
+    handle.shutdown();
+    assert!(done.load(Ordering::SeqCst));
+}

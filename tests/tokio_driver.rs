@@ -492,3 +492,31 @@ async fn watching_a_lock_that_cannot_watch_falls_back_to_polling() {
     let handover = until(&handles, Duration::from_secs(5), |l| l.is_some()).await;
     assert!(handover <= fast("x").max_retry_interval(), "{handover:?}");
 }
+
+/// Without release too, `shutdown` returns only once the leader work has stopped.
+#[tokio::test(start_paused = true)]
+async fn shutdown_waits_for_the_leader_work() {
+    let done = Arc::new(AtomicUsize::new(0));
+    let d = done.clone();
+    let config = Config {
+        release_on_cancel: false,
+        ..fast("a")
+    };
+    let handle = LeaderElector::builder(config, MemoryLock::new())
+        .on_started_leading(move |leader| {
+            let d = d.clone();
+            async move {
+                leader.cancel.cancelled().await;
+                sleep(Duration::from_millis(300)).await;
+                d.store(1, Ordering::SeqCst);
+            }
+        })
+        .on_stopped_leading(|| {})
+        .build()
+        .expect("valid")
+        .spawn();
+    sleep(Duration::from_millis(100)).await;
+    assert!(handle.is_leader());
+    handle.shutdown().await;
+    assert_eq!(done.load(Ordering::SeqCst), 1);
+}

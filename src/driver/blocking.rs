@@ -214,6 +214,7 @@ impl<L: BlockingLock> Builder<L> {
         let parts = self.into_parts(changes.is_some())?;
         let (tx, rx) = mpsc::channel();
         Ok(LeaderElector {
+            config: parts.config,
             lock: Arc::new(parts.lock),
             state: Arc::new(Mutex::new(parts.shared.state())),
             shared: parts.shared,
@@ -237,6 +238,7 @@ enum Message {
 
 /// A leader elector on std threads.
 pub struct LeaderElector<L> {
+    config: Config,
     lock: Arc<L>,
     changes: Option<Receiver<Result<Sighting, LockError>>>,
     shared: Shared,
@@ -408,8 +410,21 @@ impl<L: BlockingLock> LeaderElector<L> {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        if let Some(t) = term.take() {
+        // Return only once the leader work has stopped (it has been told to), giving it at most
+        // a renew deadline.
+        let work = term.take().map(|t| {
             t.stop.stop();
+            t.id
+        });
+        if let Some(id) = work.or(awaiting_work) {
+            let give_up = clock.now().instant + self.config.renew_deadline;
+            loop {
+                match self.rx.recv_timeout(clock.until(give_up)) {
+                    Ok(Message::WorkStopped(done)) if done == id => break,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
         }
         if core.stopped_at_exit() {
             (self.on_stopped)();

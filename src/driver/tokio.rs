@@ -267,10 +267,14 @@ impl<L: Lock> LeaderElector<L> {
                 () = sleep_until(clock.tokio_instant(wake)) => self.shared.input(Input::Timeout),
             }
         }
-        // The leader work has been told to stop; give it the rest of its term to do so.
-        if let Some(t) = term.take() {
+        // Return only once the leader work has stopped (it has been told to), giving it at most
+        // a renew deadline.
+        let work = term.take().map(|t| {
             t.cancel.cancel();
-            let _ = ::tokio::time::timeout(self.config.renew_deadline, t.work).await;
+            t.work
+        });
+        if let Some(work) = work.or(awaiting_work) {
+            let _ = ::tokio::time::timeout(self.config.renew_deadline, work).await;
         }
         if core.stopped_at_exit() {
             (self.on_stopped)();

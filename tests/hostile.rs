@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use leasehold::{LeaderElectionRecord, LockErrorKind, LockRequest, Timestamp};
 
@@ -150,5 +148,4 @@ fn a_lease_without_a_spec_is_an_empty_record() {
     let mut h = Harness::new(config());
     h.answer(found("1", LeaderElectionRecord::default()));
     assert!(matches!(h.request(), LockRequest::Update { .. }));
-    let _ = Duration::ZERO;
 }

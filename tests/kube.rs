@@ -13,7 +13,7 @@ use leasehold::lock::Lock;
 use leasehold::record::ANNOTATION_KEY;
 use leasehold::{
     Action, Config, Elector, Event, Identity, Input, Instant, LeaderElectionRecord, LockErrorKind,
-    Now, Timestamp, Version,
+    Now, Timestamp,
 };
 use serde_json::{Value, json};
 
@@ -549,6 +549,5 @@ async fn run_elector_with(config: Config, lock: &impl Lock, secs: u64, shutdown:
     if !shut {
         run.leading = e.is_leader(now.instant);
     }
-    let _ = Version::new("");
     run
 }

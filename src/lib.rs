@@ -140,12 +140,12 @@ pub mod sim;
 pub mod time;
 
 pub use config::{AfterLoss, Config, ConfigError, Observation};
-#[cfg(any(feature = "tokio", feature = "blocking"))]
-pub use driver::LeaderState;
 #[cfg(feature = "blocking")]
 pub use driver::blocking;
 #[cfg(feature = "tokio")]
 pub use driver::tokio;
+#[cfg(any(feature = "tokio", feature = "blocking"))]
+pub use driver::{LeaderMetrics, LeaderState};
 pub use elector::{
     Action, Elector, Event, FencingToken, Input, Now, OpId, Role, StopReason, WakeReason,
 };

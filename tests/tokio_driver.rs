@@ -520,3 +520,63 @@ async fn shutdown_waits_for_the_leader_work() {
     handle.shutdown().await;
     assert_eq!(done.load(Ordering::SeqCst), 1);
 }
+
+#[derive(Clone, Default)]
+struct Metrics(Arc<Mutex<Vec<String>>>);
+
+impl leasehold::LeaderMetrics for Metrics {
+    fn on(&mut self, name: &str) {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .push(format!("on {name}"));
+    }
+    fn off(&mut self, name: &str) {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .push(format!("off {name}"));
+    }
+    fn slowpath_exercised(&mut self, name: &str) {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .push(format!("slowpath {name}"));
+    }
+}
+
+/// client-go's metrics: status off at start, on while leading, off at the end; one slow-path
+/// count per renewal that had to read first.
+#[tokio::test(start_paused = true)]
+async fn metrics_follow_client_go() {
+    let lock = MemoryLock::new();
+    let metrics = Metrics::default();
+    let config = Config {
+        name: "ns/ctl".into(),
+        ..fast("a")
+    };
+    let handle = LeaderElector::builder(config, lock.clone())
+        .on_started_leading(|leader| async move { leader.cancel.cancelled().await })
+        .on_stopped_leading(|| {})
+        .metrics(metrics.clone())
+        .build()
+        .expect("valid")
+        .spawn();
+    sleep(Duration::from_millis(100)).await;
+    // A foreign write (say, a label change) makes the next fast-path renewal conflict.
+    let current = lock.get().expect("exists");
+    lock.update(&current.version, current.value)
+        .expect("current");
+    sleep(Duration::from_millis(500)).await;
+    assert!(handle.is_leader());
+    handle.shutdown().await;
+    let log = metrics.0.lock().expect("not poisoned").clone();
+    assert_eq!(log.first().map(String::as_str), Some("off ns/ctl"));
+    assert_eq!(log.get(1).map(String::as_str), Some("on ns/ctl"));
+    assert_eq!(
+        log.iter().filter(|l| *l == "slowpath ns/ctl").count(),
+        1,
+        "{log:?}"
+    );
+    assert_eq!(log.last().map(String::as_str), Some("off ns/ctl"));
+}

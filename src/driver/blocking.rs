@@ -224,6 +224,7 @@ impl<L: BlockingLock> Builder<L> {
             on_started: parts.on_started,
             on_stopped: parts.on_stopped,
             on_new_leader: parts.on_new_leader,
+            core: parts.core,
         })
     }
 }
@@ -248,6 +249,7 @@ pub struct LeaderElector<L> {
     on_started: StartedFn,
     on_stopped: StoppedFn,
     on_new_leader: Option<NewLeaderFn>,
+    core: Core,
 }
 
 /// The running elector, usable from any thread.
@@ -364,7 +366,6 @@ impl<L: BlockingLock> LeaderElector<L> {
                 }
             });
         }
-        let mut core = Core::default();
         let mut term: Option<Term> = None;
         let mut awaiting_work: Option<u64> = None;
         let mut next_term = 0u64;
@@ -380,7 +381,7 @@ impl<L: BlockingLock> LeaderElector<L> {
                         let _ = ops_tx.send((op, request, clock.std_instant(deadline)));
                     }
                     Action::Emit(event) => {
-                        for effect in core.effects(&event) {
+                        for effect in self.core.effects(&event) {
                             self.apply(effect, &mut term, &mut awaiting_work, &mut next_term);
                         }
                     }
@@ -388,7 +389,9 @@ impl<L: BlockingLock> LeaderElector<L> {
                     Action::Done => break None,
                 }
             };
-            *self.state.lock().unwrap_or_else(PoisonError::into_inner) = self.shared.state();
+            let state = self.shared.state();
+            self.core.observe(&state);
+            *self.state.lock().unwrap_or_else(PoisonError::into_inner) = state;
             let Some(wake) = wake else { break };
             match self.rx.recv_timeout(clock.until(wake)) {
                 Ok(Message::Result(op, result)) => {
@@ -426,7 +429,7 @@ impl<L: BlockingLock> LeaderElector<L> {
                 }
             }
         }
-        if core.stopped_at_exit() {
+        if self.core.exit() {
             (self.on_stopped)();
         }
         drop(ops_tx);

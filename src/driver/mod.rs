@@ -152,6 +152,19 @@ impl Shared {
     }
 }
 
+/// client-go's `LeaderMetric`: feed `leader_election_master_status{name}` (1 while leading,
+/// 0 otherwise) and `leader_election_slowpath_total{name}` to your metrics system. `name` is
+/// [`Config::name`](crate::Config::name). Unlike client-go, the status goes back to 0 on every
+/// way out, a shutdown during the pause between renewals included.
+pub trait LeaderMetrics: Send + 'static {
+    /// This candidate leads.
+    fn on(&mut self, name: &str);
+    /// This candidate does not lead (also called once when the driver starts and when it exits).
+    fn off(&mut self, name: &str);
+    /// A renewal had to read the lock first.
+    fn slowpath_exercised(&mut self, name: &str);
+}
+
 /// Why a driver could not be built.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
@@ -176,6 +189,7 @@ pub struct Builder<L, W> {
     on_started: Option<W>,
     on_stopped: Option<StoppedFn>,
     on_new_leader: Option<NewLeaderFn>,
+    metrics: Option<Box<dyn LeaderMetrics>>,
 }
 
 /// A validated builder, taken apart by a driver's `build`.
@@ -186,6 +200,7 @@ pub(crate) struct Parts<L, W> {
     pub(crate) on_started: W,
     pub(crate) on_stopped: StoppedFn,
     pub(crate) on_new_leader: Option<NewLeaderFn>,
+    pub(crate) core: Core,
 }
 
 impl<L, W> Builder<L, W> {
@@ -197,6 +212,7 @@ impl<L, W> Builder<L, W> {
             on_started: None,
             on_stopped: None,
             on_new_leader: None,
+            metrics: None,
         }
     }
 
@@ -224,6 +240,12 @@ impl<L, W> Builder<L, W> {
         self
     }
 
+    /// Reports client-go's leader-election metrics (see [`LeaderMetrics`]).
+    pub fn metrics(mut self, metrics: impl LeaderMetrics) -> Self {
+        self.metrics = Some(Box::new(metrics));
+        self
+    }
+
     /// Validates the configuration and the callbacks (in client-go's order) and starts the
     /// elector. `can_watch` says whether the lock delivers changes: if not, followers poll
     /// whatever the configuration asks.
@@ -241,6 +263,13 @@ impl<L, W> Builder<L, W> {
         let clock = Clock::new();
         let seed = self.seed.unwrap_or_else(random_seed);
         let elector = Elector::new(self.config.clone(), clock.now(), seed)?;
+        let mut core = Core {
+            name: self.config.name.clone(),
+            metrics: self.metrics,
+            terms_ended: 0,
+            slow_paths: 0,
+        };
+        core.metric(|m, name| m.off(name));
         Ok(Parts {
             config: self.config,
             lock: self.lock,
@@ -248,6 +277,7 @@ impl<L, W> Builder<L, W> {
             on_started,
             on_stopped,
             on_new_leader: self.on_new_leader,
+            core,
         })
     }
 }
@@ -274,14 +304,35 @@ pub(crate) enum Effect {
     NewLeader(Option<Identity>),
 }
 
-/// The drivers' shared bookkeeping of callbacks.
-#[derive(Debug, Default)]
+/// The drivers' shared bookkeeping of callbacks and metrics.
 pub(crate) struct Core {
+    name: String,
+    metrics: Option<Box<dyn LeaderMetrics>>,
     terms_ended: u64,
+    slow_paths: u64,
 }
 
 impl Core {
+    fn metric(&mut self, f: impl FnOnce(&mut dyn LeaderMetrics, &str)) {
+        if let Some(m) = &mut self.metrics {
+            f(m.as_mut(), &self.name);
+        }
+    }
+
+    /// After every step: report new slow-path renewals.
+    pub(crate) fn observe(&mut self, state: &LeaderState) {
+        while self.slow_paths < state.slow_path_renewals {
+            self.slow_paths += 1;
+            self.metric(|m, name| m.slowpath_exercised(name));
+        }
+    }
+
     pub(crate) fn effects(&mut self, event: &Event) -> Vec<Effect> {
+        match event {
+            Event::StartedLeading { .. } => self.metric(|m, name| m.on(name)),
+            Event::StoppedLeading { .. } => self.metric(|m, name| m.off(name)),
+            _ => {}
+        }
         match event {
             Event::StartedLeading {
                 token,
@@ -311,9 +362,11 @@ impl Core {
         }
     }
 
-    /// client-go calls `OnStoppedLeading` whenever the elector exits; here it is called at the
-    /// end of every term, and at exit only if no term ever ended.
-    pub(crate) fn stopped_at_exit(&self) -> bool {
+    /// At exit: the status metric goes to 0, and whether to call `on_stopped_leading` (client-go
+    /// calls it whenever the elector exits; here it is called at the end of every term, and at
+    /// exit only if no term ever ended).
+    pub(crate) fn exit(&mut self) -> bool {
+        self.metric(|m, name| m.off(name));
         self.terms_ended == 0
     }
 }

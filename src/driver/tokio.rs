@@ -91,6 +91,7 @@ impl<L: Lock> Builder<L> {
             on_started: parts.on_started,
             on_stopped: parts.on_stopped,
             on_new_leader: parts.on_new_leader,
+            core: parts.core,
         })
     }
 }
@@ -105,6 +106,7 @@ pub struct LeaderElector<L> {
     on_started: StartedFn,
     on_stopped: StoppedFn,
     on_new_leader: Option<NewLeaderFn>,
+    core: Core,
 }
 
 /// The running elector: its state, and a way to stop it.
@@ -201,7 +203,6 @@ impl<L: Lock> LeaderElector<L> {
         let mut term: Option<Term> = None;
         let mut awaiting_work: Option<JoinHandle<()>> = None;
         let mut shutdown_sent = false;
-        let mut core = Core::default();
         loop {
             // Carry out the actions; the drain ends with a sleep or with Done.
             let wake = loop {
@@ -229,7 +230,7 @@ impl<L: Lock> LeaderElector<L> {
                     }
                     Action::Emit(event) => {
                         tracing::debug!(lock = %self.lock.describe(), ?event, "leader election");
-                        for effect in core.effects(&event) {
+                        for effect in self.core.effects(&event) {
                             self.apply(effect, &mut term, &mut awaiting_work);
                         }
                     }
@@ -237,7 +238,9 @@ impl<L: Lock> LeaderElector<L> {
                     Action::Done => break None,
                 }
             };
-            self.state_tx.send_replace(self.shared.state());
+            let state = self.shared.state();
+            self.core.observe(&state);
+            self.state_tx.send_replace(state);
             let Some(wake) = wake else { break };
             if awaiting_work.as_ref().is_some_and(JoinHandle::is_finished) {
                 awaiting_work = None;
@@ -276,7 +279,7 @@ impl<L: Lock> LeaderElector<L> {
         if let Some(work) = work.or(awaiting_work) {
             let _ = ::tokio::time::timeout(self.config.renew_deadline, work).await;
         }
-        if core.stopped_at_exit() {
+        if self.core.exit() {
             (self.on_stopped)();
         }
     }

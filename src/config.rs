@@ -94,8 +94,9 @@ impl Config {
     /// The first rule the configuration breaks.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let (ld, rd, rp) = (self.lease_duration, self.renew_deadline, self.retry_period);
-        // client-go's rules, in its order (leaderelection.go, NewLeaderElector). Rules 6 to 8
-        // (nil callbacks, nil lock) cannot be broken in Rust: the types require them.
+        // client-go's rules, in its order (leaderelection.go, NewLeaderElector). Rules 6 and 7
+        // (nil callbacks) are the driver builders' (same messages); rule 8 (nil lock) cannot be
+        // broken in Rust: the types require a lock.
         if ld <= rd {
             return Err(ConfigError::LeaseNotLongerThanRenewDeadline);
         }

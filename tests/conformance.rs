@@ -570,7 +570,9 @@ fn validation_follows_client_go_order_and_messages() {
             Err(message.to_string())
         );
     }
-    // 6-8 (nil callbacks, nil lock) cannot be expressed in Rust. 9: "Lock identity is empty".
+    // 6 and 7 (nil callbacks) are checked by the driver builders, with client-go's messages
+    // (tests/tokio_driver.rs, tests/blocking_driver.rs); 8 (nil lock) cannot be expressed in
+    // Rust. 9, "Lock identity is empty": an identity cannot be empty.
     assert!(Identity::new("").is_err());
 }
 

@@ -142,7 +142,8 @@ fn a_partitioned_leader_steps_down_before_another_takes_over() {
         "within RD: {stepped_down:?}"
     );
     let failover = cut_at.elapsed() + until(&handles, Duration::from_secs(5), |l| l.is_some());
-    assert!(failover >= Duration::from_millis(1700), "{failover:?}");
+    // Followers last saw a renewal at most one jittered retry period (440 ms) before the cut.
+    assert!(failover >= Duration::from_millis(1500), "{failover:?}");
     assert!(failover <= Duration::from_millis(2700), "{failover:?}");
     for h in handles {
         h.shutdown();
@@ -165,7 +166,7 @@ fn graceful_handover_when_watching() {
     let start = Instant::now();
     handles.remove(leader).shutdown();
     let handover = start.elapsed() + until(&handles, Duration::from_secs(5), |l| l.is_some());
-    assert!(handover <= Duration::from_millis(100), "{handover:?}");
+    assert!(handover <= Duration::from_millis(250), "{handover:?}");
     for h in handles {
         h.shutdown();
     }

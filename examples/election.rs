@@ -17,8 +17,8 @@
 //!     --lease my-operator --identity "$(hostname)_$$"
 //! ```
 //!
-//! With `KUBECONFIG` set (or in a pod) `--kubeconfig` can be left out: kube's standard
-//! configuration inference finds the cluster.
+//! With `KUBECONFIG` set `--kubeconfig` can be left out; in a pod, pass `--cluster`: kube's
+//! standard configuration inference finds the cluster.
 #![allow(clippy::disallowed_methods)] // an application reads the real clock
 
 use std::process::ExitCode;
@@ -234,6 +234,7 @@ fn parse() -> Result<Option<ClusterFlags>, String> {
             "--namespace" => flags.namespace = value()?,
             "--lease" => flags.lease = value()?,
             "--identity" => flags.identity = value()?,
+            "--cluster" => cluster = true,
             "--in-memory" => cluster = false,
             other => return Err(format!("unknown flag {other}")),
         }
@@ -251,7 +252,7 @@ async fn main() -> ExitCode {
         Ok(None) => in_memory().await,
         Err(e) => {
             eprintln!(
-                "election: {e}\nusage: election [--in-memory] [--kubeconfig PATH] [--namespace NS] [--lease NAME] [--identity ID]"
+                "election: {e}\nusage: election [--in-memory | --cluster] [--kubeconfig PATH] [--namespace NS] [--lease NAME] [--identity ID]"
             );
             return ExitCode::from(2);
         }

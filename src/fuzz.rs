@@ -131,7 +131,9 @@ fn result_from(b: &mut Bytes<'_>) -> LockResult {
     }
 }
 
-fn timing(b: &mut Bytes<'_>, config: &mut Config) {
+/// A configuration from the fuzzer's bytes: one of four timings, release and after-loss.
+fn config_from(b: &mut Bytes<'_>, identity: &str) -> Config {
+    let mut config = Config::new(Identity(identity.into()));
     let (ld, rd, rp) = match b.u8() % 4 {
         0 => (15_000, 10_000, 2_000),
         1 => (4_000, 3_000, 500),
@@ -141,6 +143,13 @@ fn timing(b: &mut Bytes<'_>, config: &mut Config) {
     config.lease_duration = Duration::from_millis(ld);
     config.renew_deadline = Duration::from_millis(rd);
     config.retry_period = Duration::from_millis(rp);
+    config.release_on_cancel = b.bool();
+    config.after_loss = if b.bool() {
+        AfterLoss::Recontend
+    } else {
+        AfterLoss::Finish
+    };
+    config
 }
 
 /// Arbitrary input sequences against the elector's invariants: no panic; at most one operation
@@ -150,14 +159,7 @@ fn timing(b: &mut Bytes<'_>, config: &mut Config) {
 /// alternating; a term never outliving its end; nothing after `Done`.
 pub fn elector_inputs(data: &[u8]) {
     let mut b = Bytes(data);
-    let mut config = Config::new(Identity("me".into()));
-    timing(&mut b, &mut config);
-    config.release_on_cancel = b.bool();
-    config.after_loss = if b.bool() {
-        AfterLoss::Recontend
-    } else {
-        AfterLoss::Finish
-    };
+    let mut config = config_from(&mut b, "me");
     config.observation = if b.bool() {
         Observation::Watch
     } else {
@@ -311,14 +313,7 @@ pub fn elector_inputs(data: &[u8]) {
 /// fuzzer may pick a loss rate nothing can get through.)
 pub fn simulation(data: &[u8]) {
     let mut b = Bytes(data);
-    let mut config = Config::new(Identity("template".into()));
-    timing(&mut b, &mut config);
-    config.release_on_cancel = b.bool();
-    config.after_loss = if b.bool() {
-        AfterLoss::Recontend
-    } else {
-        AfterLoss::Finish
-    };
+    let config = config_from(&mut b, "template");
     let bound = config.tolerated_clock_rate_ratio();
     let mut scenario = Scenario::new(config.clone());
     scenario.nodes = Some(1 + usize::from(b.u8() % 5));

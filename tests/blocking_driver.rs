@@ -4,6 +4,7 @@
 #![allow(clippy::disallowed_methods)] // these tests read the real clock
 
 mod apiserver;
+mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,26 +12,13 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use apiserver::{ApiServer, Kind};
+use common::{fast, id};
 use leasehold::blocking::{BlockingLock, BuildError, Handle, LeaderElector, RemoteLock};
 use leasehold::kube::LeaseLock;
 use leasehold::lock::Sighting;
 use leasehold::{
-    Config, Identity, LeaderElectionRecord, LockError, LockErrorKind, MemoryLock, Observation,
-    Version,
+    Config, LeaderElectionRecord, LockError, LockErrorKind, MemoryLock, Observation, Version,
 };
-
-fn id(s: &str) -> Identity {
-    Identity::new(s).expect("non-empty")
-}
-
-fn fast(name: &str) -> Config {
-    let mut c = Config::new(id(name));
-    c.lease_duration = Duration::from_secs(2);
-    c.renew_deadline = Duration::from_millis(1500);
-    c.retry_period = Duration::from_millis(200);
-    c.release_on_cancel = true;
-    c
-}
 
 fn spawn<L: BlockingLock>(config: Config, lock: L) -> Handle {
     LeaderElector::builder(config, lock)

@@ -335,20 +335,6 @@ fn recontend_after_an_outage_retakes_its_own_lock() {
 }
 
 #[test]
-fn invalid_records_are_never_overwritten() {
-    let mut h = Harness::new(config());
-    for _ in 0..20 {
-        if h.pending.is_some() {
-            h.answer(failed(LockErrorKind::InvalidRecord));
-        } else {
-            h.wake();
-        }
-    }
-    assert!(h.issued.iter().all(|i| i.request == LockRequest::Get));
-    assert!(h.now > secs(19), "backs off a retry period each time");
-}
-
-#[test]
 fn a_lost_create_race_reads_again_at_once() {
     let mut h = Harness::new(config());
     h.answer(absent());

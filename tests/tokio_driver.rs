@@ -3,31 +3,19 @@
 #![cfg(all(feature = "tokio", feature = "kube"))]
 
 mod apiserver;
+mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use apiserver::{ApiServer, Kind};
+use common::{fast, id};
 use leasehold::kube::LeaseLock;
 use leasehold::lock::Lock;
 use leasehold::tokio::{BuildError, Handle, LeaderElector};
-use leasehold::{AfterLoss, Config, Identity, MemoryLock, Observation, Role};
+use leasehold::{AfterLoss, Config, MemoryLock, Observation, Role};
 use tokio::time::{Instant, sleep};
-
-fn id(s: &str) -> Identity {
-    Identity::new(s).expect("non-empty")
-}
-
-/// 2 s lease, 1.5 s renew deadline, 200 ms retry period, release on shutdown.
-fn fast(name: &str) -> Config {
-    let mut c = Config::new(id(name));
-    c.lease_duration = Duration::from_secs(2);
-    c.renew_deadline = Duration::from_millis(1500);
-    c.retry_period = Duration::from_millis(200);
-    c.release_on_cancel = true;
-    c
-}
 
 #[derive(Default, Clone)]
 struct Log(Arc<Mutex<Vec<(Instant, String)>>>);

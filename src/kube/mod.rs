@@ -155,35 +155,27 @@ fn diagnose_annotations(raw: &serde_json::Value) -> Option<RecordError> {
     }
 }
 
-impl LockObject for Endpoints {
-    fn record(&self) -> Result<LeaderElectionRecord, RecordError> {
-        annotation_record(self.annotations())
-    }
+/// The annotation locks (Endpoints, ConfigMap) keep the record as JSON in [`ANNOTATION_KEY`].
+macro_rules! annotation_lock_object {
+    ($($kind:ty),*) => {$(
+        impl LockObject for $kind {
+            fn record(&self) -> Result<LeaderElectionRecord, RecordError> {
+                annotation_record(self.annotations())
+            }
 
-    fn set_record(&mut self, record: &LeaderElectionRecord) {
-        self.annotations_mut()
-            .insert(ANNOTATION_KEY.to_string(), record.to_json());
-    }
+            fn set_record(&mut self, record: &LeaderElectionRecord) {
+                self.annotations_mut()
+                    .insert(ANNOTATION_KEY.to_string(), record.to_json());
+            }
 
-    fn diagnose(raw: &serde_json::Value) -> Option<RecordError> {
-        diagnose_annotations(raw)
-    }
+            fn diagnose(raw: &serde_json::Value) -> Option<RecordError> {
+                diagnose_annotations(raw)
+            }
+        }
+    )*};
 }
 
-impl LockObject for ConfigMap {
-    fn record(&self) -> Result<LeaderElectionRecord, RecordError> {
-        annotation_record(self.annotations())
-    }
-
-    fn set_record(&mut self, record: &LeaderElectionRecord) {
-        self.annotations_mut()
-            .insert(ANNOTATION_KEY.to_string(), record.to_json());
-    }
-
-    fn diagnose(raw: &serde_json::Value) -> Option<RecordError> {
-        diagnose_annotations(raw)
-    }
-}
+annotation_lock_object!(Endpoints, ConfigMap);
 
 /// The annotation locks: a missing annotation is the empty record (client-go), anything else
 /// must decode.

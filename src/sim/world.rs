@@ -287,6 +287,11 @@ impl World {
         self.rng.next_f64() < p
     }
 
+    /// A fault probability: as configured during the fault phase, zero after it.
+    fn while_faults(&self, p: f64) -> f64 {
+        if self.faults_on { p } else { 0.0 }
+    }
+
     fn schedule_fault(&mut self, fault: Fault) {
         let every = match fault {
             Fault::Crash => self.p.crash_every,
@@ -468,6 +473,12 @@ impl World {
     }
 
     fn crash(&mut self, node: usize, down_for: Duration) {
+        self.go_down(node, "CRASHED", down_for);
+    }
+
+    /// The process is gone (crashed or exited): its term ends, its messages are dropped, and it
+    /// restarts with fresh state after `down_for`.
+    fn go_down(&mut self, node: usize, why: &str, down_for: Duration) {
         self.end_term(node, self.now);
         let n = &mut self.nodes[node];
         n.elector = None;
@@ -479,7 +490,7 @@ impl World {
         if let Some(since) = n.up_since.take() {
             self.elector_time += Duration::from_nanos(self.now - since);
         }
-        self.log(node, "CRASHED");
+        self.log(node, why);
         self.schedule_at(self.now + nanos(down_for), Ev::Restart { node });
     }
 
@@ -600,12 +611,9 @@ impl World {
         }
         n.outstanding = Some((op, deadline));
         let inc = n.inc;
-        let loss = if self.faults_on {
-            self.p.request_loss
-        } else {
-            0.0
-        };
-        if n.partitioned || self.chance(loss) {
+        let partitioned = n.partitioned;
+        let loss = self.while_faults(self.p.request_loss);
+        if partitioned || self.chance(loss) {
             return;
         }
         let at = self.now + self.latency();
@@ -637,11 +645,7 @@ impl World {
             self.previous = before;
             self.broadcast_watch();
         }
-        let loss = if self.faults_on {
-            self.p.response_loss
-        } else {
-            0.0
-        };
+        let loss = self.while_faults(self.p.response_loss);
         if self.chance(loss) {
             return;
         }
@@ -676,11 +680,7 @@ impl World {
                     record: current.clone(),
                 },
             );
-            let anomalies = if self.faults_on {
-                self.p.watch_anomalies
-            } else {
-                0.0
-            };
+            let anomalies = self.while_faults(self.p.watch_anomalies);
             if self.chance(anomalies) {
                 let again = at + self.latency();
                 self.schedule_at(
@@ -701,24 +701,14 @@ impl World {
     }
 
     fn exit(&mut self, node: usize) {
-        self.end_term(node, self.now);
-        let n = &mut self.nodes[node];
-        n.elector = None;
-        n.inc += 1;
-        n.wake_seq += 1;
-        n.inbox.clear();
-        n.outstanding = None;
-        if let Some(since) = n.up_since.take() {
-            self.elector_time += Duration::from_nanos(self.now - since);
-        }
-        self.log(node, "exited");
-        let delay = if self.held_down == Some(node) {
+        // The node shut down for the handover sample stays down past the handover.
+        let down_for = if self.held_down == Some(node) {
             self.held_down = None;
-            nanos(self.p.failover_bound() * 2)
+            self.p.failover_bound() * 2
         } else {
-            nanos(self.p.restart_delay)
+            self.p.restart_delay
         };
-        self.schedule_at(self.now + delay, Ev::Restart { node });
+        self.go_down(node, "exited", down_for);
     }
 
     fn on_event(&mut self, node: usize, event: Event) {

@@ -566,13 +566,7 @@ async fn handle(
         }
         (Method::POST, None) => {
             let Some(mut object) = parsed.filter(Value::is_object) else {
-                return Ok(status(
-                    400,
-                    "BadRequest",
-                    "the body is not a JSON object".into(),
-                    Some(kind),
-                    "",
-                ));
+                return Ok(not_an_object(kind, ""));
             };
             let Some(name) = object["metadata"]["name"].as_str().map(str::to_string) else {
                 return Ok(status(
@@ -608,13 +602,7 @@ async fn handle(
         }
         (Method::PUT, Some(name)) => {
             let Some(mut object) = parsed.filter(Value::is_object) else {
-                return Ok(status(
-                    400,
-                    "BadRequest",
-                    "the body is not a JSON object".into(),
-                    Some(kind),
-                    &name,
-                ));
+                return Ok(not_an_object(kind, &name));
             };
             let key = (kind, namespace.clone(), name.clone());
             let Some(current) = st.objects.get(&key) else {
@@ -675,6 +663,16 @@ async fn handle(
             "",
         ),
     })
+}
+
+fn not_an_object(kind: Kind, name: &str) -> Response<Body> {
+    status(
+        400,
+        "BadRequest",
+        "the body is not a JSON object".into(),
+        Some(kind),
+        name,
+    )
 }
 
 fn not_found(kind: Kind, name: &str) -> Response<Body> {

@@ -26,6 +26,17 @@ pub fn config() -> Config {
     c
 }
 
+/// Short timings for the driver tests: 2 s lease, 1.5 s renew deadline, 200 ms retry period,
+/// release on shutdown.
+pub fn fast(name: &str) -> Config {
+    let mut c = Config::new(id(name));
+    c.lease_duration = Duration::from_secs(2);
+    c.renew_deadline = Duration::from_millis(1500);
+    c.retry_period = Duration::from_millis(200);
+    c.release_on_cancel = true;
+    c
+}
+
 pub fn record(holder: &str, lease_seconds: u32) -> LeaderElectionRecord {
     LeaderElectionRecord {
         holder: Identity::new(holder).ok(),

@@ -13,6 +13,12 @@ pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
 pub const DEFAULT_RENEW_DEADLINE: Duration = Duration::from_secs(10);
 /// client-go's default retry period.
 pub const DEFAULT_RETRY_PERIOD: Duration = Duration::from_secs(2);
+/// client-go's fixed `JitterFactor`, which its validation always uses: `renewDeadline` must
+/// exceed `1.2 * retryPeriod` whatever jitter is configured.
+pub const CLIENT_GO_JITTER: f64 = 1.2;
+/// The coarsest time precision of any lock (the annotation locks store whole seconds); the
+/// default of [`Config::time_precision`](Config#structfield.time_precision).
+pub const DEFAULT_TIME_PRECISION: Duration = Duration::from_secs(1);
 
 /// What an elector does once it has lost leadership.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,6 +73,13 @@ pub struct Config {
     /// the holder; this candidate never creates or takes over the lock, only renews it while
     /// the lock names it, and steps down when the lock names a preferred holder.
     pub coordinated: bool,
+    /// The finest step of time the lock stores in `renewTime` and `acquireTime`: 1 µs for a
+    /// Lease and the in-memory lock, 1 s for the Endpoints and ConfigMap annotation locks.
+    /// Every record the elector writes differs from the one it replaces at this precision
+    /// (`renewTime` strictly increases), so no write of the elector can be an API-server no-op
+    /// and no renewal can look unchanged to a follower. The drivers set it from the lock;
+    /// the default, 1 s, is right for every lock.
+    pub time_precision: Duration,
 }
 
 impl Config {
@@ -84,6 +97,7 @@ impl Config {
             after_loss: AfterLoss::Finish,
             observation: Observation::Poll,
             coordinated: false,
+            time_precision: DEFAULT_TIME_PRECISION,
         }
     }
 
@@ -103,7 +117,8 @@ impl Config {
         if !self.jitter.is_finite() || self.jitter < 0.0 {
             return Err(ConfigError::InvalidJitter(self.jitter));
         }
-        if rd.as_secs_f64() <= self.jitter * rp.as_secs_f64() {
+        // client-go checks with its fixed factor, whatever jitter it is given.
+        if rd.as_secs_f64() <= CLIENT_GO_JITTER * rp.as_secs_f64() {
             return Err(ConfigError::RenewDeadlineNotAboveJitteredRetry);
         }
         if ld.is_zero() {
@@ -126,6 +141,18 @@ impl Config {
         }
         if self.identity.as_str() == UNKNOWN_LEADER {
             return Err(ConfigError::ReservedIdentity);
+        }
+        if rd.as_secs_f64() <= self.jitter * rp.as_secs_f64() {
+            return Err(ConfigError::RenewDeadlineNotAboveConfiguredJitter(self.jitter));
+        }
+        let precision = self.time_precision;
+        if precision < Duration::from_micros(1) || precision > DEFAULT_TIME_PRECISION {
+            return Err(ConfigError::TimePrecision(precision));
+        }
+        // A renewal waits until the wall clock has moved past the last renewTime at the lock's
+        // precision, so the leader renews every max(retry_period, time_precision) at worst.
+        if rd.as_secs_f64() <= CLIENT_GO_JITTER * precision.as_secs_f64() {
+            return Err(ConfigError::RenewDeadlineNotAboveTimePrecision(precision));
         }
         let op = self.operation_timeout();
         if op.is_zero() || op > rd {
@@ -211,6 +238,18 @@ pub enum ConfigError {
     /// More seconds than a Lease's `int32` field can hold.
     #[error("leaseDuration must be at most 2147483647 seconds, got {0:?}")]
     LeaseTooLong(Duration),
+    /// The renew deadline must also exceed `jitter * retry_period` for the configured jitter
+    /// (client-go's own rule uses its fixed factor 1.2, checked first).
+    #[error("renewDeadline must be greater than retryPeriod*jitter ({0})")]
+    RenewDeadlineNotAboveConfiguredJitter(f64),
+    /// The time precision must be between 1 µs and 1 s.
+    #[error("timePrecision must be between 1µs and 1s, got {0:?}")]
+    TimePrecision(Duration),
+    /// A leader whose lock stores times at this precision renews at most once per precision
+    /// step (so that every renewal changes `renewTime`); the renew deadline must leave room
+    /// for that, like client-go's rule for the retry period.
+    #[error("renewDeadline must be greater than timePrecision*1.2 ({0:?}): the lock stores times at that precision")]
+    RenewDeadlineNotAboveTimePrecision(Duration),
     /// The identity MultiLock uses to mean "the locks disagree".
     #[error("identity {UNKNOWN_LEADER:?} is reserved")]
     ReservedIdentity,
@@ -262,6 +301,53 @@ mod tests {
         c.retry_period = Duration::from_millis(100);
         assert_eq!(c.operation_timeout(), Duration::from_secs(1));
         assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn client_go_rule_uses_its_fixed_factor_whatever_the_jitter() {
+        // Before: a jitter below 1 let retry_period >= renew_deadline through, and such a
+        // leader never renews in time.
+        let mut c = config();
+        c.jitter = 0.5;
+        c.retry_period = c.renew_deadline;
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::RenewDeadlineNotAboveJitteredRetry)
+        );
+        c.retry_period = Duration::from_millis(8_400); // 1.2 * 8.4 s = 10.08 s > 10 s
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::RenewDeadlineNotAboveJitteredRetry)
+        );
+        c.retry_period = Duration::from_millis(8_300);
+        assert_eq!(c.validate(), Ok(()));
+        // A larger jitter tightens the rule further.
+        c.jitter = 2.0;
+        c.retry_period = Duration::from_secs(5);
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::RenewDeadlineNotAboveConfiguredJitter(2.0))
+        );
+    }
+
+    #[test]
+    fn time_precision_is_checked_against_the_renew_deadline() {
+        let mut c = config();
+        c.lease_duration = Duration::from_secs(2);
+        c.renew_deadline = Duration::from_millis(1100);
+        c.retry_period = Duration::from_millis(200);
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::RenewDeadlineNotAboveTimePrecision(
+                Duration::from_secs(1)
+            ))
+        );
+        c.time_precision = Duration::from_micros(1);
+        assert_eq!(c.validate(), Ok(()));
+        for bad in [Duration::ZERO, Duration::from_nanos(999), Duration::from_secs(2)] {
+            c.time_precision = bad;
+            assert_eq!(c.validate(), Err(ConfigError::TimePrecision(bad)));
+        }
     }
 
     #[test]

@@ -43,9 +43,10 @@
 //!   at most one operation outstanding. (Sending late costs liveness, not safety: a term is
 //!   anchored at the instant the action was polled, which is never after the request left.)
 //! * [`Action::Emit`]: hand the [`Event`] to the application. Start the guarded work on
-//!   [`Event::StartedLeading`], stop it on [`Event::StoppedLeading`]. After a stop for
-//!   [`StopReason::Shutdown`], feed [`Input::LeaderWorkStopped`] once the work has stopped:
-//!   only then does the elector release the lock.
+//!   [`Event::StartedLeading`], stop it on [`Event::StoppedLeading`]. After *every* stop,
+//!   whatever its reason, feed [`Input::LeaderWorkStopped`] once the work has stopped: only
+//!   then does the elector start another term or release the lock, so one process never runs
+//!   two terms' work at once.
 //! * [`Action::SleepUntil`]: feed [`Input::Timeout`] at that instant, unless a lock result,
 //!   a watch observation ([`Input::Observed`]) or a shutdown comes first.
 //!
@@ -61,9 +62,18 @@
 //!
 //! * A follower keeps the last record it saw and the local instant it *received* it
 //!   (`observed_at`). It may take the lock when the record names no holder, or once
-//!   `observed_at + LD_record` has passed without the record changing, where `LD_record` is the
-//!   `leaseDurationSeconds` the holder wrote. Record timestamps are never trusted.
-//! * Every write is a compare-and-swap on the lock object's version.
+//!   `observed_at + LD_record` has passed without the *record* changing, where `LD_record` is
+//!   the `leaseDurationSeconds` the holder wrote. Writes that leave the record alone (labels,
+//!   other annotations) do not count, as in client-go. Record timestamps are never trusted.
+//! * Every write is a compare-and-swap on the lock object's version, and every record the
+//!   elector writes differs from the one it replaces at the lock's time precision
+//!   (`renewTime` strictly increases): no write can be an API-server no-op, and a write answered
+//!   with the unchanged version anchors nothing.
+//! * A lock found absent after it was seen present counts as held for one more LD from the
+//!   first sight of its absence; the recreated lock continues `leaderTransitions`.
+//! * After a lost race an elector retries at once at most once per RP; otherwise it keeps its
+//!   schedule, so it never issues more than [`elector::MAX_OPS_PER_RETRY_PERIOD`] operations
+//!   in one RP.
 //! * A leader's term is anchored at the instant its last successful write was *issued*:
 //!   `leader_until = issued_at + RD`. It emits [`Event::StoppedLeading`] at `leader_until` at
 //!   the latest, whether or not a renewal is still in flight.
@@ -80,11 +90,23 @@
 //! successful write W be issued at real time `t_i` and commit at `t_c >= t_i`. A's term ends
 //! when its clock has advanced RD past `t_i`: at real time `t_i + RD / r_A`. For B to start a
 //! term after W, B's compare-and-swap must be conditional on the version W wrote (any earlier
-//! version fails), so B received an observation of W at some real time `t_o >= t_c >= t_i` and
-//! then waited until its clock advanced LD: B starts no earlier than `t_i + LD / r_B`. The terms
+//! version fails), so B received an observation of W's record at some real time
+//! `t_o >= t_c >= t_i` and then waited until its clock advanced LD: B starts no earlier than
+//! `t_i + LD / r_B`. (B dates an observation by the first receipt of its *record*, not its
+//! version. That receipt is of W or of a later write that left W's record alone, never of an
+//! earlier write, because no write repeats an earlier record: every renewal moves `renewTime`
+//! forward, every change of holder raises `leaderTransitions`.) The terms
 //! are disjoint when `LD / r_B >= RD / r_A`, that is when `r_B / r_A <= LD / RD`, which the
 //! assumption guarantees for every pair. Latency only delays `t_o`: it costs liveness, never
 //! safety. A released lock is no exception: the release record is written after the term ended.
+//! Nor is a deleted lock, for a follower that saw it present: A's last write preceded the
+//! deletion, which preceded B's sight of the absence, and B waits LD from that sight before it
+//! creates the lock.
+//!
+//! What stays outside the guarantee: a lock deleted before any running candidate saw it
+//! present (a candidate that never saw it creates it at once, and its fencing token starts
+//! again from 0), and foreign writers whose writes do not change the record (client-go's
+//! annotation-lock renewals within one wall-clock second are API-server no-ops).
 //!
 //! The derived numbers are on [`Config`]: [`Config::tolerated_clock_rate_ratio`] (1.5 by
 //! default) and [`Config::failover_bound`]. client-go's leader keeps leading until its last
@@ -116,7 +138,12 @@
 //! * A leader stops at `issued_at + RD` of its last successful write (client-go: up to RP
 //!   later), and a lock found deleted, or naming someone else, ends the term at once (client-go
 //!   would recreate a deleted lock and keep leading).
-//! * A change is detected by version *or* content (client-go compares second-precision JSON).
+//! * Every write changes the record at the lock's precision, so renewals within one second on
+//!   an annotation lock, or under a stalled wall clock, are never API-server no-ops (client-go
+//!   then believes it renewed while followers see nothing), and a no-op never extends a term.
+//! * A deleted lock is recreated only a lease duration after its absence was first seen, with
+//!   `leaderTransitions` continued (client-go recreates it at once, from 0).
+//! * After every term the elector waits for the leader work to stop before it contends again.
 //! * Release waits for the leader work to stop and writes only if the fresh read still names
 //!   this candidate (client-go can clobber a new leader).
 //! * A held record with `leaseDurationSeconds: 0` counts as our own lease duration, not as

@@ -135,6 +135,15 @@ impl Timestamp {
         }
     }
 
+    /// This time truncated to a multiple of `precision` (at least one microsecond) since the
+    /// epoch: what a lock that stores times at that precision keeps of it.
+    pub fn truncated_to(self, precision: Duration) -> Timestamp {
+        let unit = i64::try_from(precision.as_micros()).unwrap_or(i64::MAX).max(1);
+        Timestamp {
+            micros: self.micros.div_euclid(unit) * unit,
+        }
+    }
+
     /// `self + d`, saturating at 9999-12-31T23:59:59.999999Z.
     pub fn saturating_add(self, d: Duration) -> Timestamp {
         let max = MAX_UNIX_SECS * 1_000_000 + 999_999;

@@ -721,9 +721,13 @@ fn watch_mode_follower_wakes_exactly_at_expiry() {
     h.answer(found("1", record("bing", 10)));
     assert_eq!(h.sleep.map(|s| s.0), Some(secs(10)));
     h.advance_to(secs(4));
+    let renewed = LeaderElectionRecord {
+        renew_time: Some(h.now().wall),
+        ..record("bing", 10)
+    };
     h.input(Input::Observed {
         now: h.now(),
-        record: Some(versioned("2", record("bing", 10))),
+        record: Some(versioned("2", renewed)),
     });
     assert_eq!(
         h.sleep.map(|s| s.0),

@@ -142,9 +142,13 @@ fn unchanged_records_keep_their_first_observation_time() {
 }
 
 #[test]
-fn a_new_version_or_new_content_resets_the_observation() {
+fn a_new_record_resets_the_observation() {
     for (version, content) in [
-        ("2", record("bing", 10)),
+        ("2", {
+            let mut r = record("bing", 10);
+            r.renew_time = wall_now(secs(6)).wall.into();
+            r
+        }),
         ("1", {
             let mut r = record("bing", 10);
             r.renew_time = wall_now(secs(6)).wall.into();
@@ -315,6 +319,7 @@ fn recontend_after_an_outage_retakes_its_own_lock() {
     assert!(h.take_events().contains(&Event::StoppedLeading {
         reason: StopReason::RenewDeadlineExceeded
     }));
+    h.input(Input::LeaderWorkStopped(h.now()));
     // The lock still names us: once the API is back we renew it without waiting a lease, and
     // keep the same token (no one else held it in between).
     let back = h.now;

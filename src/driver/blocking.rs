@@ -64,6 +64,12 @@ pub trait BlockingLock: Send + Sync + 'static {
     /// "namespace/name" or similar, for messages.
     fn describe(&self) -> String;
 
+    /// The finest step of time the lock stores (see [`crate::lock::Lock::time_precision`]'s
+    /// twin rule: the default, 1 s, is right for every lock).
+    fn time_precision(&self) -> Duration {
+        crate::config::DEFAULT_TIME_PRECISION
+    }
+
     /// Every change of the lock, if the store can push them (default: `None`, the elector polls).
     fn watch(&self) -> Option<Receiver<Result<Sighting, LockError>>> {
         None
@@ -105,6 +111,10 @@ impl BlockingLock for MemoryLock {
 
     fn describe(&self) -> String {
         "memory".into()
+    }
+
+    fn time_precision(&self) -> Duration {
+        MemoryLock::time_precision(self)
     }
 
     fn watch(&self) -> Option<Receiver<Result<Sighting, LockError>>> {
@@ -211,7 +221,8 @@ impl<L: BlockingLock> Builder<L> {
             Observation::Watch => self.lock.watch(),
             Observation::Poll => None,
         };
-        let parts = self.into_parts(changes.is_some())?;
+        let precision = self.lock.time_precision();
+        let parts = self.into_parts(changes.is_some(), precision)?;
         let (tx, rx) = mpsc::channel();
         Ok(LeaderElector {
             config: parts.config,
@@ -479,16 +490,14 @@ impl<L: BlockingLock> LeaderElector<L> {
                     t.stop.set_deadline(clock.std_instant(leader_until));
                 }
             }
-            Effect::StopWork { report } => {
+            Effect::StopWork => {
                 let stopped = term.take().map(|t| {
                     t.stop.stop();
                     t.id
                 });
-                if report {
-                    match stopped {
-                        Some(id) => *awaiting_work = Some(id),
-                        None => self.shared.input(Input::LeaderWorkStopped),
-                    }
+                match stopped {
+                    Some(id) => *awaiting_work = Some(id),
+                    None => self.shared.input(Input::LeaderWorkStopped),
                 }
             }
             Effect::Stopped => (self.on_stopped)(),
@@ -516,6 +525,7 @@ mod remote {
     use std::fmt::Display;
     use std::future::Future;
     use std::sync::mpsc;
+    use std::time::Duration;
 
     use super::BlockingLock;
     use crate::lock::{
@@ -534,6 +544,7 @@ mod remote {
     pub struct RemoteLock {
         jobs: ::tokio::sync::mpsc::UnboundedSender<Job>,
         describe: String,
+        precision: Duration,
     }
 
     impl RemoteLock {
@@ -560,7 +571,7 @@ mod remote {
             Fut: Future<Output = Result<L, E>>,
             E: Display,
         {
-            let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
+            let (ready_tx, ready_rx) = mpsc::channel::<Result<(String, Duration), String>>();
             let (jobs, mut queue) = ::tokio::sync::mpsc::unbounded_channel::<Job>();
             std::thread::spawn(move || {
                 let runtime = match ::tokio::runtime::Builder::new_current_thread()
@@ -581,7 +592,7 @@ mod remote {
                             return;
                         }
                     };
-                    let _ = ready_tx.send(Ok(lock.describe()));
+                    let _ = ready_tx.send(Ok((lock.describe(), lock.time_precision())));
                     while let Some(job) = queue.recv().await {
                         let lock = lock.clone();
                         match job {
@@ -613,10 +624,14 @@ mod remote {
                     }
                 });
             });
-            let describe = ready_rx
+            let (describe, precision) = ready_rx
                 .recv()
                 .map_err(|_| "the lock's runtime thread ended".to_string())??;
-            Ok(RemoteLock { jobs, describe })
+            Ok(RemoteLock {
+                jobs,
+                describe,
+                precision,
+            })
         }
 
         fn call(&self, request: LockRequest) -> LockResult {
@@ -664,6 +679,10 @@ mod remote {
 
         fn describe(&self) -> String {
             self.describe.clone()
+        }
+
+        fn time_precision(&self) -> Duration {
+            self.precision
         }
 
         fn watch(&self) -> Option<mpsc::Receiver<Result<Sighting, LockError>>> {

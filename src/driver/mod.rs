@@ -248,8 +248,13 @@ impl<L, W> Builder<L, W> {
 
     /// Validates the configuration and the callbacks (in client-go's order) and starts the
     /// elector. `can_watch` says whether the lock delivers changes: if not, followers poll
-    /// whatever the configuration asks.
-    pub(crate) fn into_parts(mut self, can_watch: bool) -> Result<Parts<L, W>, BuildError> {
+    /// whatever the configuration asks. `time_precision` is the lock's.
+    pub(crate) fn into_parts(
+        mut self,
+        can_watch: bool,
+        time_precision: Duration,
+    ) -> Result<Parts<L, W>, BuildError> {
+        self.config.time_precision = time_precision;
         self.config.validate()?;
         let on_started = self.on_started.ok_or(BuildError::MissingCallback(
             "OnStartedLeading callback must not be nil",
@@ -295,9 +300,9 @@ pub(crate) enum Effect {
     },
     /// The term now lasts until `leader_until`.
     ExtendWork { leader_until: Instant },
-    /// Tell the leader work to stop. With `report`, feed `Input::LeaderWorkStopped` once it
-    /// has returned (the elector releases only then).
-    StopWork { report: bool },
+    /// Tell the leader work to stop, and feed `Input::LeaderWorkStopped` once it has returned
+    /// (the elector starts another term, or releases, only then).
+    StopWork,
     /// Call `on_stopped_leading`.
     Stopped,
     /// Call `on_new_leader`.
@@ -347,12 +352,10 @@ impl Core {
             Event::Renewed { leader_until } => vec![Effect::ExtendWork {
                 leader_until: *leader_until,
             }],
-            Event::StoppedLeading { reason } => {
+            Event::StoppedLeading { .. } => {
                 self.terms_ended += 1;
                 vec![
-                    Effect::StopWork {
-                        report: *reason == crate::elector::StopReason::Shutdown,
-                    },
+                    Effect::StopWork,
                     Effect::RecordEvent("stopped leading"),
                     Effect::Stopped,
                 ]

@@ -80,7 +80,8 @@ impl<L: Lock> Builder<L> {
             Observation::Watch => self.lock.watch(),
             Observation::Poll => None,
         };
-        let parts = self.into_parts(watch.is_some())?;
+        let precision = self.lock.time_precision();
+        let parts = self.into_parts(watch.is_some(), precision)?;
         let (state_tx, _) = watch::channel(parts.shared.state());
         Ok(LeaderElector {
             config: parts.config,
@@ -318,14 +319,12 @@ impl<L: Lock> LeaderElector<L> {
                     t.until.send_replace(clock.tokio_instant(leader_until));
                 }
             }
-            Effect::StopWork { report } => {
+            Effect::StopWork => {
                 let work = term.take().map(|t| {
                     t.cancel.cancel();
                     t.work
                 });
-                if report {
-                    *awaiting_work = Some(work.unwrap_or_else(|| ::tokio::spawn(async {})));
-                }
+                *awaiting_work = Some(work.unwrap_or_else(|| ::tokio::spawn(async {})));
             }
             Effect::Stopped => (self.on_stopped)(),
             Effect::NewLeader(leader) => {

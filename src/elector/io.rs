@@ -56,8 +56,9 @@ pub enum Input {
         /// The record and its version, or `None` for an absent lock.
         record: Option<Versioned<LeaderElectionRecord>>,
     },
-    /// The work guarded by leadership has stopped after a [`StopReason::Shutdown`]; the elector
-    /// may now release the lock (see [`crate::Config::release_on_cancel`]).
+    /// The work guarded by leadership has stopped after an [`Event::StoppedLeading`]; the
+    /// elector may now start another term, or release the lock after a shutdown (see
+    /// [`crate::Config::release_on_cancel`]). Harmless at any other time.
     LeaderWorkStopped(Now),
     /// Stop: step down if leading, release if configured, then finish.
     Shutdown(Now),
@@ -123,7 +124,8 @@ pub enum Event {
         leader_until: Instant,
     },
     /// This candidate no longer leads. Emitted at `leader_until` at the latest, even while a
-    /// renewal is in flight.
+    /// renewal is in flight. Stop the guarded work and feed [`Input::LeaderWorkStopped`] when
+    /// it has stopped.
     StoppedLeading {
         /// Why.
         reason: StopReason,
@@ -171,6 +173,9 @@ pub enum WakeReason {
     RetryRelease,
     /// The deadline of the whole release.
     ReleaseDeadline,
+    /// Nothing is due until the last term's leader work is reported stopped
+    /// ([`Input::LeaderWorkStopped`]); the instant is [`Instant::MAX`].
+    LeaderWorkStopped,
 }
 
 /// A number that strictly increases from one holder to the next, handed out with
@@ -180,7 +185,9 @@ pub enum WakeReason {
 ///
 /// It is the record's `leaderTransitions` after the acquiring write, which every client
 /// (client-go included) increments when the holder changes. It stays the same when the same
-/// identity re-acquires its own lock, and restarts if someone deletes the lock object.
+/// identity re-acquires its own lock. When the lock object is deleted, an elector that saw it
+/// before recreates it with the last transitions it saw plus one, so tokens keep rising; a
+/// process that never saw the lock before its deletion starts again from 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FencingToken(pub u64);
 

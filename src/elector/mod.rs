@@ -4,26 +4,51 @@
 //! [`Action`]s. The model, in one place:
 //!
 //! * **Observation.** The elector keeps the last record it saw, its version, and `observed_at`:
-//!   the local instant the read (or watch event) that first showed this version and content was
-//!   *received*. Record timestamps are never used for decisions.
+//!   the local instant the read (or watch event) that first showed this *record* was received.
+//!   A new version with the same record (someone changed labels, other annotations, an
+//!   Endpoints object's subsets) is no sign of life: failover follows the record, as in
+//!   client-go. This is safe because every write of the elector changes the record (see
+//!   *Writes*). Record timestamps are never used for decisions, only their change.
+//! * **Writes.** Every record the elector writes differs from the one it replaces at the lock's
+//!   time precision ([`Config::time_precision`](crate::Config#structfield.time_precision)):
+//!   times are truncated to it and `renewTime` strictly increases. So no write can be an API
+//!   server no-op, and no renewal can look unchanged. A write answered with the version it was
+//!   conditional on changed nothing: it counts as a failure and anchors nothing.
 //! * **Expiry.** For a follower the lock is free when it names no holder, or at
 //!   `observed_at + lease`, where `lease` is the record's `leaseDurationSeconds` (the holder's
 //!   own setting, as client-go since 1.27) or, when the record says 0, this elector's
 //!   `lease_duration` (a held lock with no duration is bad input; waiting our own lease is the
 //!   conservative reading, client-go would take it at once).
+//! * **Absence.** A lock found absent after it was seen present counts as held until one lease
+//!   duration (the larger of the last record's and ours) after the absence was first seen:
+//!   a leader whose last write preceded the deletion stops within its renew deadline of it.
+//!   A recreated lock continues `leaderTransitions` from the last record seen. An elector that
+//!   never saw the lock present creates it at once.
 //! * **Acquire.** A follower reads the lock; creates it when absent; CAS-updates it when free,
 //!   incrementing `leaderTransitions` only when the holder changes. When its last observation
 //!   already shows the lock free it writes directly with the observed version, without a read:
-//!   the compare-and-swap fails if anything changed since. Attempts repeat every
-//!   `retry_period * (1 + jitter * u)`, and a follower also wakes exactly at expiry.
+//!   the compare-and-swap fails if anything changed since. Attempts start every
+//!   `retry_period * (1 + jitter * u)` after the previous one started; a follower also wakes
+//!   exactly at expiry, and an observation that shows the lock free starts an attempt at once.
+//! * **Pace.** An operation is brought forward of its schedule (after a lost race, on an
+//!   observation, at expiry) at most once per `retry_period`; otherwise it waits for the
+//!   schedule. Observations never postpone an attempt. An attempt is at most a read and a
+//!   write, so an elector issues at most [`MAX_OPS_PER_RETRY_PERIOD`] operations in any
+//!   `retry_period`, whatever the lock answers.
 //! * **Leadership.** A term is anchored at the instant the last *successful* write was
 //!   *issued*: `leader_until = issued_at + renew_deadline`. At `leader_until` the elector emits
 //!   [`Event::StoppedLeading`] even if a renewal is in flight; every operation of a leader has a
 //!   deadline no later than `leader_until`, so that renewal is then abandoned too.
-//! * **Renew.** Every `retry_period` after the last successful write was issued, the leader
-//!   CAS-updates its own last write (the fast path: no read). After a failure it reads first
-//!   (the slow path) and retries every `retry_period` until `leader_until`. A read that shows
-//!   another holder, or no lock, ends the term at once.
+//! * **Renew.** Every `retry_period` after the last successful write was issued (and not before
+//!   the wall clock has passed its `renewTime` at the lock's precision, so a coarse lock is
+//!   renewed once per precision step), the leader CAS-updates its own last write (the fast
+//!   path: no read). After a failure it reads first (the slow path) and retries every
+//!   `retry_period` until `leader_until`. A read that shows another holder, or no lock, ends
+//!   the term at once.
+//! * **Leader work.** After every [`Event::StoppedLeading`] the elector waits for
+//!   [`Input::LeaderWorkStopped`] before it starts another term or releases: one process never
+//!   runs two terms' work at once, and a release never lets a successor start while this
+//!   term's work still runs.
 //! * **Release.** On [`Input::Shutdown`] a leader first stops leading, then waits for
 //!   [`Input::LeaderWorkStopped`] (until `leader_until` at the latest, else it gives the release
 //!   up), then reads the lock and writes client-go's release record only if the fresh read
@@ -31,6 +56,7 @@
 
 mod io;
 pub(crate) mod rng;
+mod view;
 
 pub use io::{Action, Event, FencingToken, Input, Now, OpId, Role, StopReason, WakeReason};
 
@@ -39,9 +65,16 @@ use std::time::Duration;
 
 use crate::config::{AfterLoss, Config, ConfigError, Observation, mul_f64_saturating};
 use crate::lock::{LockError, LockErrorKind, LockRequest, LockResponse, LockResult};
-use crate::record::{Identity, LeaderElectionRecord, Version, Versioned};
+use crate::record::{Identity, LeaderElectionRecord, MAX_INT32, Version, Versioned};
 use crate::time::{Instant, Timestamp};
 use rng::Rng;
+use view::{Observed, View};
+
+/// The most lock operations an elector issues in any interval of one `retry_period` on its
+/// own clock, whatever the lock answers and whatever it observes: a scheduled attempt and an
+/// early one (each a read and a write), the write of an attempt begun before the interval,
+/// and the read and write of a release. The simulator checks it in every run.
+pub const MAX_OPS_PER_RETRY_PERIOD: usize = 7;
 
 /// A lease-based leader elector with no I/O, no clock and no threads.
 ///
@@ -54,8 +87,9 @@ use rng::Rng;
 /// * [`Action::Lock`]: perform the request right away (the term of a resulting lease is
 ///   anchored at the instant it was polled) and feed its result back with its [`OpId`]; give up
 ///   at its deadline.
-/// * [`Action::Emit`]: tell the application. After [`StopReason::Shutdown`], feed
-///   [`Input::LeaderWorkStopped`] once the guarded work has stopped.
+/// * [`Action::Emit`]: tell the application. After every [`Event::StoppedLeading`], whatever
+///   its reason, feed [`Input::LeaderWorkStopped`] once the guarded work has stopped: until
+///   then the elector neither starts another term nor releases the lock.
 /// * [`Action::SleepUntil`]: wait until that instant, a lock result, or any other input.
 ///
 /// Misuse is harmless: an early [`Input::Timeout`] is a no-op, an instant earlier than one
@@ -72,8 +106,17 @@ pub struct Elector {
     phase: Phase,
     /// INVARIANT: at most one operation is outstanding, and it is this one.
     in_flight: Option<InFlight>,
-    /// What the lock looked like when last seen, `None` when absent or never read.
-    observed: Option<Observed>,
+    /// What the lock looked like when last seen.
+    view: View,
+    /// A write conditional on the view lost a race: the store has moved on, so read before
+    /// writing again.
+    view_outdated: bool,
+    /// A term started and its leader work has not been reported stopped. INVARIANT: while
+    /// set, no new term starts and no release is written.
+    work_running: bool,
+    /// When an operation was last brought forward of its schedule. INVARIANT: at most once
+    /// per `retry_period`.
+    hurried_at: Option<Instant>,
     /// The holder last reported with [`Event::NewLeader`].
     reported_leader: Option<Identity>,
     next_op: u64,
@@ -83,11 +126,8 @@ pub struct Elector {
 
 #[derive(Debug, Clone)]
 enum Phase {
-    /// Contending: the next attempt is due at `next_attempt` (unless an operation is in flight).
-    Following {
-        next_attempt: Instant,
-        why: WakeReason,
-    },
+    /// Contending (see [`Follow`]).
+    Following(Follow),
     /// Leading until `leader_until`, on the strength of the write `lease`.
     Leading {
         /// Our last successful write: what the fast path compares against.
@@ -99,9 +139,7 @@ enum Phase {
         slow_path: bool,
     },
     /// Shut down while leading: waiting for the leader work to stop before releasing.
-    Draining {
-        leader_until: Instant,
-    },
+    Draining { leader_until: Instant },
     /// Releasing: read, then CAS the release record if the lock still names us.
     Releasing {
         /// When the release began: operations issued before it are not release attempts.
@@ -112,23 +150,46 @@ enum Phase {
     Finished,
 }
 
+/// A follower's schedule. The next attempt starts at `next_poll`; news that the lock may be
+/// free brings it forward (see [`Elector::follower_due`]); nothing postpones it.
+#[derive(Debug, Clone)]
+struct Follow {
+    next_poll: Instant,
+    /// When the last attempt started.
+    attempted_at: Option<Instant>,
+    /// Since the last attempt started, an observation arrived or a race was lost: if the lock
+    /// now looks free, try at once rather than at `next_poll`.
+    news: bool,
+}
+
+impl Follow {
+    fn at(next_poll: Instant) -> Self {
+        Follow {
+            next_poll,
+            attempted_at: None,
+            news: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct InFlight {
     op: OpId,
     issued_at: Instant,
     deadline: Instant,
-    /// The record written, or `None` for a read.
-    writing: Option<LeaderElectionRecord>,
+    /// `None` for a read.
+    write: Option<Write>,
 }
 
 #[derive(Debug, Clone)]
-struct Observed {
-    version: Version,
+struct Write {
     record: LeaderElectionRecord,
-    observed_at: Instant,
-    /// A write conditional on `version` lost a race: the store has moved on, so read before
-    /// writing again.
-    outdated: bool,
+    /// The version an update is conditional on (`None` for a create).
+    expected: Option<Version>,
+    /// How long after issuing this write the wall clock passes its `renewTime` at the lock's
+    /// precision: the next renewal waits at least that long, so that its `renewTime` can
+    /// move on without running ahead of the wall clock.
+    renew_pause: Duration,
 }
 
 impl Elector {
@@ -144,12 +205,12 @@ impl Elector {
             rng: Rng::new(seed),
             now: now.instant,
             wall: now.wall,
-            phase: Phase::Following {
-                next_attempt: now.instant,
-                why: WakeReason::RetryAcquire,
-            },
+            phase: Phase::Following(Follow::at(now.instant)),
             in_flight: None,
-            observed: None,
+            view: View::Unread,
+            view_outdated: false,
+            work_running: false,
+            hurried_at: None,
             reported_leader: None,
             next_op: 0,
             slow_path_renewals: 0,
@@ -179,6 +240,7 @@ impl Elector {
             },
             Input::Observed { record, .. } => self.handle_observed(record),
             Input::LeaderWorkStopped(_) => {
+                self.work_running = false;
                 if matches!(self.phase, Phase::Draining { .. }) {
                     self.start_release();
                 }
@@ -230,18 +292,19 @@ impl Elector {
 
     /// The holder named by the last observed record (client-go's `GetLeader`).
     pub fn leader(&self) -> Option<&Identity> {
-        self.observed.as_ref()?.record.holder.as_ref()
+        self.view.present()?.record.holder.as_ref()
     }
 
-    /// The last observed record and its version.
+    /// The last observed record and its version (`None` when the lock was last seen absent,
+    /// or never).
     pub fn observed_record(&self) -> Option<(&Version, &LeaderElectionRecord)> {
-        self.observed.as_ref().map(|o| (&o.version, &o.record))
+        self.view.present().map(|o| (&o.version, &o.record))
     }
 
     /// The role, for state reports.
     pub fn role(&self) -> Role {
         match self.phase {
-            Phase::Following { .. } => Role::Follower,
+            Phase::Following(_) => Role::Follower,
             Phase::Leading { .. } => Role::Leader,
             Phase::Draining { .. } | Phase::Releasing { .. } => Role::Stopping,
             Phase::Finished => Role::Finished,
@@ -266,7 +329,7 @@ impl Elector {
     /// # Errors
     /// A message naming the lock when the check fails.
     pub fn check(&self, now: Instant, max_tolerable_expired: Duration) -> Result<(), String> {
-        let Some(o) = &self.observed else {
+        let Some(o) = self.view.present() else {
             return Ok(());
         };
         if !o.record.is_held_by(&self.config.identity) {
@@ -293,16 +356,24 @@ impl Elector {
     }
 
     fn handle_result(&mut self, f: InFlight, result: LockResult) {
-        match (f.writing.clone(), result) {
+        match (&f.write, result) {
             (None, Ok(LockResponse::Record(seen))) => self.handle_read(seen),
-            (Some(record), Ok(LockResponse::Written(version))) => {
-                self.handle_written(
-                    &f,
-                    Versioned {
+            (Some(w), Ok(LockResponse::Written(version))) => {
+                if w.expected.as_ref() == Some(&version) {
+                    // The API server answers an update that changes nothing with the unchanged
+                    // version: nobody saw a change, so it must not extend anything.
+                    let e = LockError::new(
+                        LockErrorKind::Other,
+                        format!("the lock answered {version}, the version the write was conditional on: it wrote nothing"),
+                    );
+                    self.handle_failure(&f, &e);
+                } else {
+                    let lease = Versioned {
                         version,
-                        value: record,
-                    },
-                );
+                        value: w.record.clone(),
+                    };
+                    self.handle_written(&f, lease);
+                }
             }
             (_, Ok(other)) => self.handle_failure(
                 &f,
@@ -320,23 +391,10 @@ impl Elector {
         self.observe(seen.clone());
         let now = self.now;
         match (&self.phase, seen) {
-            (Phase::Following { .. }, None) => {
-                if self.config.coordinated {
-                    self.wait_to_follow();
-                } else {
-                    let record = self.acquire_record(None);
-                    self.issue(LockRequest::Create(record));
-                }
-            }
-            (Phase::Following { .. }, Some(current)) => {
-                if self.may_acquire(now) {
-                    let record = self.acquire_record(Some(&current.value));
-                    self.issue(LockRequest::Update {
-                        expected: current.version,
-                        record,
-                    });
-                } else {
-                    self.wait_to_follow();
+            // Part of an attempt: write now if the lock is free, else wait.
+            (Phase::Following(_), _) => {
+                if !self.work_running && self.may_acquire(now) {
+                    self.acquire();
                 }
             }
             (Phase::Leading { .. }, None) => self.stop_leading(StopReason::LockDeleted),
@@ -375,10 +433,16 @@ impl Elector {
         self.observe(Some(lease.clone()));
         let now = self.now;
         let leader_until = f.issued_at + self.config.renew_deadline;
-        let next_renew = f.issued_at + self.config.retry_period;
+        let pause = f
+            .write
+            .as_ref()
+            .map_or(Duration::ZERO, |w| w.renew_pause)
+            .max(self.config.retry_period);
+        let next_renew = f.issued_at + pause;
         match &mut self.phase {
-            Phase::Following { .. } => {
-                if now < leader_until {
+            Phase::Following(_) => {
+                // INVARIANT: a follower writes only while no term's work runs (see `drive`).
+                if now < leader_until && !self.work_running {
                     let token = FencingToken(u64::from(lease.value.leader_transitions));
                     self.phase = Phase::Leading {
                         lease,
@@ -387,15 +451,14 @@ impl Elector {
                         next_renew,
                         slow_path: false,
                     };
+                    self.work_running = true;
                     self.emit(Event::StartedLeading {
                         token,
                         leader_until,
                     });
-                } else {
-                    // The answer came too late to lead on; the lock names us, so the next
-                    // attempt renews it at once.
-                    self.wait_to_follow();
                 }
+                // Otherwise the answer came too late to lead on; the lock names us, so the next
+                // attempt renews it.
             }
             Phase::Leading {
                 lease: held,
@@ -425,25 +488,24 @@ impl Elector {
     fn handle_failure(&mut self, f: &InFlight, error: &LockError) {
         let now = self.now;
         let lost_race = error.kind.is_lost_race();
-        let retry_at = if lost_race {
-            now
+        // After a lost race the store has moved on; after any other failed write it may have
+        // applied it. Either way, read before writing again.
+        if lost_race || f.write.is_some() {
+            self.view_outdated = true;
+        }
+        // A retry waits a retry period from the failed attempt; a lost race may be retried at
+        // once, but only as often as `hurry` allows.
+        let scheduled = (f.issued_at + self.config.retry_period).max(now);
+        let following = matches!(self.phase, Phase::Following(_));
+        let retry_at = if lost_race && !following {
+            self.hurry(scheduled)
         } else {
-            (f.issued_at + self.config.retry_period).max(now)
+            scheduled
         };
         match &mut self.phase {
-            Phase::Following { .. } => {
-                if lost_race {
-                    self.phase = Phase::Following {
-                        next_attempt: now,
-                        why: WakeReason::RetryAcquire,
-                    };
-                    if let Some(o) = &mut self.observed {
-                        o.outdated = true;
-                    }
-                } else {
-                    self.wait_to_follow();
-                }
-            }
+            // The attempt's schedule was set when it started; a lost race is news that lets
+            // `follower_due` bring the next one forward if the pace allows.
+            Phase::Following(follow) => follow.news |= lost_race,
             Phase::Leading {
                 next_renew,
                 slow_path,
@@ -465,36 +527,36 @@ impl Elector {
     }
 
     fn handle_observed(&mut self, seen: Option<Versioned<LeaderElectionRecord>>) {
-        let now = self.now;
-        match &mut self.phase {
-            Phase::Leading {
-                lease,
-                next_renew,
-                slow_path,
-                ..
-            } => {
-                // Anything but our own last write may mean someone else wrote (or it is a stale
-                // event): verify with a read now rather than trusting it either way.
-                if seen.as_ref().map(|s| &s.version) != Some(&lease.version) {
-                    *slow_path = true;
-                    *next_renew = now;
-                }
-                self.observe(seen);
-            }
-            Phase::Following { .. } => {
-                self.observe(seen);
-                if self.in_flight.is_none() {
-                    self.wait_to_follow();
-                    if self.may_acquire(now) {
-                        self.phase = Phase::Following {
-                            next_attempt: now,
-                            why: WakeReason::RetryAcquire,
-                        };
+        if let Phase::Following(follow) = &mut self.phase {
+            follow.news = true;
+        }
+        if let Phase::Leading { lease, .. } = &mut self.phase {
+            match &seen {
+                Some(s) if s.version == lease.version => {}
+                // Our own record under a new version: someone changed only other parts of the
+                // object. Renew on that version; the compare-and-swap still guards it.
+                Some(s) if s.value == lease.value => lease.version = s.version.clone(),
+                // Anything else may mean someone else wrote (or it is a stale event): verify
+                // with a read rather than trusting it either way, as soon as the pace allows.
+                _ => {
+                    let scheduled = match &self.phase {
+                        Phase::Leading { next_renew, .. } => *next_renew,
+                        _ => self.now,
+                    };
+                    let at = self.hurry(scheduled);
+                    if let Phase::Leading {
+                        next_renew,
+                        slow_path,
+                        ..
+                    } = &mut self.phase
+                    {
+                        *next_renew = at;
+                        *slow_path = true;
                     }
                 }
             }
-            _ => self.observe(seen),
         }
+        self.observe(seen);
     }
 
     fn handle_shutdown(&mut self) {
@@ -510,10 +572,12 @@ impl Elector {
                     Phase::Finished
                 };
             }
-            Phase::Following { .. } => {
+            Phase::Following(_) => {
                 // A follower may hold the lock without knowing it (an acquiring write whose
                 // answer was lost): with release configured it reads and releases that too.
-                if self.config.release_on_cancel {
+                // Not while an earlier term's work still runs: that term has ended, and a
+                // release could start a successor alongside it. The lease expires instead.
+                if self.config.release_on_cancel && !self.work_running {
                     self.start_release();
                 } else {
                     self.phase = Phase::Finished;
@@ -561,7 +625,15 @@ impl Elector {
             return;
         }
         match &self.phase {
-            Phase::Following { next_attempt, .. } if now >= *next_attempt => self.attempt(),
+            Phase::Following(follow) => {
+                let early = now < follow.next_poll;
+                if self.follower_due(follow).is_some_and(|(at, _)| now >= at) {
+                    if early {
+                        self.hurried_at = Some(now);
+                    }
+                    self.attempt();
+                }
+            }
             Phase::Leading {
                 next_renew,
                 slow_path,
@@ -585,38 +657,111 @@ impl Elector {
         }
     }
 
-    /// A follower's attempt: write at once when the last observation shows the lock free
-    /// (the CAS fails if it changed since), read otherwise.
+    /// When a follower's next attempt is due, and why: at the schedule `next_poll`, or
+    /// earlier (at once) when the lock looks free and that is news since the last attempt (an
+    /// observation, a lost race, an expiry) and the pace allows an early attempt; while the lock
+    /// is held by another, when its lease expires if that comes first (always, when watching).
+    /// `None` while the last term's work still runs.
+    fn follower_due(&self, follow: &Follow) -> Option<(Instant, WakeReason)> {
+        if self.work_running {
+            return None;
+        }
+        let now = self.now;
+        let next_poll = follow.next_poll;
+        let expiry = self.expiry();
+        if self.may_acquire(now) {
+            let freed_since_attempt = expiry
+                .is_some_and(|at| follow.attempted_at.is_none_or(|attempted| at > attempted));
+            let news = follow.news || freed_since_attempt;
+            let at = if news && self.may_hurry() {
+                now
+            } else {
+                next_poll
+            };
+            return Some((at, WakeReason::RetryAcquire));
+        }
+        let expiry = expiry.filter(|&at| at > now);
+        Some(match (self.config.observation, expiry) {
+            (Observation::Watch, Some(at)) => (at, WakeReason::LeaseExpiry),
+            (Observation::Poll, Some(at)) if at < next_poll => (at, WakeReason::LeaseExpiry),
+            _ => (next_poll, WakeReason::RetryAcquire),
+        })
+    }
+
+    /// When the lock held by another, or absent after it was seen, becomes free by time.
+    fn expiry(&self) -> Option<Instant> {
+        match &self.view {
+            View::Present(o)
+                if o.record.holder.is_some() && !o.record.is_held_by(&self.config.identity) =>
+            {
+                Some(self.expires_at(o))
+            }
+            View::Absent(a) => a.held_until,
+            _ => None,
+        }
+    }
+
+    /// A follower's attempt: the next one is scheduled a jittered retry period from now. Write
+    /// at once when the last observation shows the lock free (the compare-and-swap fails if it
+    /// changed since), read otherwise.
     fn attempt(&mut self) {
         let now = self.now;
-        match &self.observed {
-            Some(o) if !o.outdated && self.may_acquire(now) => {
+        let next_poll = now + self.jittered_retry_period();
+        self.phase = Phase::Following(Follow {
+            next_poll,
+            attempted_at: Some(now),
+            news: false,
+        });
+        if self.may_acquire(now) && !self.view_outdated {
+            self.acquire();
+        } else {
+            self.issue(LockRequest::Get);
+        }
+    }
+
+    /// Writes the lock as ours, as the view shows it (the caller checked `may_acquire`).
+    fn acquire(&mut self) {
+        match &self.view {
+            View::Present(o) => {
                 let expected = o.version.clone();
                 let record = self.acquire_record(Some(&o.record));
                 self.issue(LockRequest::Update { expected, record });
             }
-            _ => self.issue(LockRequest::Get),
+            View::Absent(a) => {
+                let record = self.create_record(a.transitions);
+                self.issue(LockRequest::Create(record));
+            }
+            View::Unread => self.issue(LockRequest::Get),
         }
     }
 
-    /// Whether a follower may write the observed record as its own at `now`.
+    /// Whether a follower may write the lock as its own at `now`.
     fn may_acquire(&self, now: Instant) -> bool {
-        let Some(o) = &self.observed else {
-            return false;
-        };
         let me = &self.config.identity;
-        let ours = o.record.is_held_by(me);
-        let expired = now >= self.expires_at(o);
-        if self.config.coordinated {
-            // The API server picks the holder; we only renew what names us, until it expires
-            // or names someone else as preferred.
-            return ours && !expired && self.yield_to(&o.record).is_none();
+        match &self.view {
+            View::Unread => false,
+            // The API server picks the holder in coordinated mode: never create the lock.
+            View::Absent(a) => {
+                !self.config.coordinated
+                    && a.held_until.is_none_or(|until| now >= until)
+                    // leaderTransitions cannot grow: recreating would repeat a fencing token.
+                    && a.transitions.is_none_or(|t| t < MAX_INT32)
+            }
+            View::Present(o) => {
+                let ours = o.record.is_held_by(me);
+                let expired = now >= self.expires_at(o);
+                if self.config.coordinated {
+                    // We only renew what names us, until it expires or names someone else as
+                    // preferred.
+                    return ours && !expired && self.yield_to(&o.record).is_none();
+                }
+                if !ours && o.record.leader_transitions >= MAX_INT32 {
+                    // leaderTransitions cannot grow: taking over would repeat a fencing token.
+                    return false;
+                }
+                ours || o.record.holder.is_none() || expired
+            }
         }
-        if !ours && o.record.leader_transitions >= crate::record::MAX_INT32 {
-            // leaderTransitions cannot grow: taking over would repeat a fencing token.
-            return false;
-        }
-        ours || o.record.holder.is_none() || expired
     }
 
     /// When the observed lease expires for a follower.
@@ -634,23 +779,23 @@ impl Elector {
         (self.config.coordinated && preferred != &self.config.identity).then(|| preferred.clone())
     }
 
-    /// Sets the follower's next attempt: polling, one jittered retry period from now (or at
-    /// expiry if sooner); watching a held lock, at expiry.
-    fn wait_to_follow(&mut self) {
-        let now = self.now;
-        let retry = now + self.jittered_retry_period();
-        let expiry = self
-            .observed
-            .as_ref()
-            .filter(|o| o.record.holder.is_some() && !o.record.is_held_by(&self.config.identity))
-            .map(|o| self.expires_at(o))
-            .filter(|&at| at > now);
-        let (next_attempt, why) = match (self.config.observation, expiry) {
-            (Observation::Watch, Some(at)) => (at, WakeReason::LeaseExpiry),
-            (Observation::Poll, Some(at)) if at < retry => (at, WakeReason::LeaseExpiry),
-            _ => (retry, WakeReason::RetryAcquire),
-        };
-        self.phase = Phase::Following { next_attempt, why };
+    /// Whether an operation may be brought forward of its schedule now.
+    fn may_hurry(&self) -> bool {
+        self.hurried_at
+            .is_none_or(|at| self.now >= at + self.config.retry_period)
+    }
+
+    /// `now` instead of `scheduled` if the pace allows bringing an operation forward (and
+    /// records that it did), else `scheduled`.
+    fn hurry(&mut self, scheduled: Instant) -> Instant {
+        if scheduled <= self.now {
+            scheduled
+        } else if self.may_hurry() {
+            self.hurried_at = Some(self.now);
+            self.now
+        } else {
+            scheduled
+        }
     }
 
     fn jittered_retry_period(&mut self) -> Duration {
@@ -663,7 +808,10 @@ impl Elector {
         self.emit(Event::StoppedLeading { reason });
         match self.config.after_loss {
             AfterLoss::Finish => self.phase = Phase::Finished,
-            AfterLoss::Recontend => self.wait_to_follow(),
+            AfterLoss::Recontend => {
+                let next_poll = self.now + self.jittered_retry_period();
+                self.phase = Phase::Following(Follow::at(next_poll));
+            }
         }
     }
 
@@ -677,19 +825,9 @@ impl Elector {
 
     /// Records what the lock looks like now and reports a change of holder.
     fn observe(&mut self, seen: Option<Versioned<LeaderElectionRecord>>) {
-        let now = self.now;
-        self.observed = seen.map(|seen| match self.observed.take() {
-            Some(o) if o.version == seen.version && o.record == seen.value => Observed {
-                outdated: false,
-                ..o
-            },
-            _ => Observed {
-                version: seen.version,
-                record: seen.value,
-                observed_at: now,
-                outdated: false,
-            },
-        });
+        let view = std::mem::take(&mut self.view);
+        self.view = view.seen(seen, self.now, self.config.lease_duration);
+        self.view_outdated = false;
         let holder = self.leader().cloned();
         if holder != self.reported_leader {
             self.reported_leader.clone_from(&holder);
@@ -701,10 +839,27 @@ impl Elector {
 
     fn lease_seconds(&self) -> u32 {
         // Config::validate guarantees a whole number of seconds no larger than an int32.
-        u32::try_from(self.config.lease_duration.as_secs()).unwrap_or(crate::record::MAX_INT32)
+        u32::try_from(self.config.lease_duration.as_secs()).unwrap_or(MAX_INT32)
     }
 
-    /// The record a follower writes to take `current` (or to create the lock).
+    /// The wall clock as the lock will store it.
+    fn stamp(&self) -> Timestamp {
+        self.wall.truncated_to(self.config.time_precision)
+    }
+
+    /// A `renewTime` later than `previous` at the lock's precision: the wall clock, or one
+    /// precision step past `previous` when the wall clock has not moved past it (several
+    /// renewals within one step of a coarse lock, a stalled or stepped-back clock).
+    fn renew_time_after(&self, previous: Option<Timestamp>) -> Timestamp {
+        let precision = self.config.time_precision;
+        let now = self.stamp();
+        match previous.map(|p| p.truncated_to(precision)) {
+            Some(previous) if previous >= now => previous.saturating_add(precision),
+            _ => now,
+        }
+    }
+
+    /// The record a follower writes to take `current`.
     fn acquire_record(&self, current: Option<&LeaderElectionRecord>) -> LeaderElectionRecord {
         let me = self.config.identity.clone();
         match current {
@@ -712,29 +867,35 @@ impl Elector {
             Some(current) => LeaderElectionRecord {
                 holder: Some(me),
                 lease_duration_seconds: self.lease_seconds(),
-                acquire_time: Some(self.wall),
-                renew_time: Some(self.wall),
+                acquire_time: Some(self.stamp()),
+                renew_time: Some(self.stamp()),
                 leader_transitions: current.leader_transitions.saturating_add(1),
                 strategy: current.strategy.clone(),
                 preferred_holder: current.preferred_holder.clone(),
             },
-            None => LeaderElectionRecord {
-                holder: Some(me),
-                lease_duration_seconds: self.lease_seconds(),
-                acquire_time: Some(self.wall),
-                renew_time: Some(self.wall),
-                ..Default::default()
-            },
+            None => self.create_record(None),
         }
     }
 
-    /// `current` renewed: our holder and duration, a fresh renew time, everything else kept.
+    /// The record that creates the lock: transitions continue from the last record seen.
+    fn create_record(&self, last_transitions: Option<u32>) -> LeaderElectionRecord {
+        LeaderElectionRecord {
+            holder: Some(self.config.identity.clone()),
+            lease_duration_seconds: self.lease_seconds(),
+            acquire_time: Some(self.stamp()),
+            renew_time: Some(self.stamp()),
+            leader_transitions: last_transitions.map_or(0, |t| t.saturating_add(1)),
+            ..Default::default()
+        }
+    }
+
+    /// `current` renewed: our holder and duration, a later renew time, everything else kept.
     fn renew_record(&self, current: &LeaderElectionRecord) -> LeaderElectionRecord {
         LeaderElectionRecord {
             holder: Some(self.config.identity.clone()),
             lease_duration_seconds: self.lease_seconds(),
-            renew_time: Some(self.wall),
-            acquire_time: current.acquire_time.or(Some(self.wall)),
+            renew_time: Some(self.renew_time_after(current.renew_time)),
+            acquire_time: current.acquire_time.or(Some(self.stamp())),
             ..current.clone()
         }
     }
@@ -744,8 +905,8 @@ impl Elector {
         LeaderElectionRecord {
             holder: None,
             lease_duration_seconds: 1,
-            acquire_time: Some(self.wall),
-            renew_time: Some(self.wall),
+            acquire_time: Some(self.stamp()),
+            renew_time: Some(self.stamp()),
             leader_transitions: current.leader_transitions,
             strategy: String::new(),
             preferred_holder: None,
@@ -765,21 +926,42 @@ impl Elector {
         let op = OpId(self.next_op);
         self.next_op += 1;
         let deadline = (now + self.config.operation_timeout()).min(bound);
-        let writing = match &request {
+        let write = match &request {
             LockRequest::Get => None,
-            LockRequest::Create(r) | LockRequest::Update { record: r, .. } => Some(r.clone()),
+            LockRequest::Create(record) => Some(self.write(record, None)),
+            LockRequest::Update { expected, record } => {
+                Some(self.write(record, Some(expected.clone())))
+            }
         };
         self.in_flight = Some(InFlight {
             op,
             issued_at: now,
             deadline,
-            writing,
+            write,
         });
         self.actions.push_back(Action::Lock {
             op,
             request,
             deadline,
         });
+    }
+
+    fn write(&self, record: &LeaderElectionRecord, expected: Option<Version>) -> Write {
+        let precision = self.config.time_precision;
+        let unit = i64::try_from(precision.as_micros()).unwrap_or(i64::MAX);
+        let renew_pause = record.renew_time.map_or(Duration::ZERO, |renewed| {
+            let ahead = renewed
+                .unix_micros()
+                .saturating_add(unit)
+                .saturating_sub(self.wall.unix_micros())
+                .clamp(0, unit);
+            Duration::from_micros(u64::try_from(ahead).unwrap_or(0))
+        });
+        Write {
+            record: record.clone(),
+            expected,
+            renew_pause,
+        }
     }
 
     fn emit(&mut self, event: Event) {
@@ -793,7 +975,17 @@ impl Elector {
             .map(|f| (f.deadline, WakeReason::OperationDeadline));
         let idle = self.in_flight.is_none();
         let phase = match &self.phase {
-            Phase::Following { next_attempt, why } => idle.then_some((*next_attempt, *why)),
+            Phase::Following(follow) => {
+                if idle {
+                    // With no timer (waiting for the leader work), sleep until an input.
+                    Some(
+                        self.follower_due(follow)
+                            .unwrap_or((Instant::MAX, WakeReason::LeaderWorkStopped)),
+                    )
+                } else {
+                    None
+                }
+            }
             Phase::Leading {
                 leader_until,
                 next_renew,

@@ -74,9 +74,15 @@ pub trait LockObject:
     /// Which field makes `raw` (the object as JSON) impossible to decode as `Self`: the typed
     /// decoder only says where in the text it stopped.
     fn diagnose(raw: &serde_json::Value) -> Option<RecordError>;
+
+    /// The finest step of time the object stores in the record's times.
+    const TIME_PRECISION: std::time::Duration;
 }
 
 impl LockObject for Lease {
+    /// `MicroTime`.
+    const TIME_PRECISION: std::time::Duration = std::time::Duration::from_micros(1);
+
     /// A Lease without a spec holds the empty record, as in client-go (whose spec is a value).
     fn record(&self) -> Result<LeaderElectionRecord, RecordError> {
         match &self.spec {
@@ -159,6 +165,9 @@ fn diagnose_annotations(raw: &serde_json::Value) -> Option<RecordError> {
 macro_rules! annotation_lock_object {
     ($($kind:ty),*) => {$(
         impl LockObject for $kind {
+            /// The annotation's JSON holds `metav1.Time`: whole seconds.
+            const TIME_PRECISION: std::time::Duration = std::time::Duration::from_secs(1);
+
             fn record(&self) -> Result<LeaderElectionRecord, RecordError> {
                 annotation_record(self.annotations())
             }
@@ -417,6 +426,10 @@ impl<K: LockObject> Lock for ObjectLock<K> {
 
     fn describe(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    fn time_precision(&self) -> std::time::Duration {
+        K::TIME_PRECISION
     }
 
     fn watch(&self) -> Option<BoxStream<'static, Result<Sighting, LockError>>> {

@@ -117,6 +117,13 @@ impl<P: Lock, S: Lock> Lock for MultiLock<P, S> {
         format!("{}+{}", self.primary.describe(), self.secondary.describe())
     }
 
+    /// The coarser of the two: a write must change both records.
+    fn time_precision(&self) -> std::time::Duration {
+        self.primary
+            .time_precision()
+            .max(self.secondary.time_precision())
+    }
+
     async fn record_event(&self, message: &str) {
         self.primary.record_event(message).await;
         self.secondary.record_event(message).await;

@@ -1,6 +1,7 @@
 //! A linearizable in-memory lock store, for tests, examples, simulators and single-host use.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use super::{LockError, LockErrorKind, LockRequest, LockResponse, LockResult};
 use crate::record::{LeaderElectionRecord, Version, Versioned};
@@ -10,6 +11,14 @@ use crate::record::{LeaderElectionRecord, Version, Versioned};
 /// Every operation takes the mutex once, so operations are linearizable. Versions are decimal
 /// numbers that only rise, even across [`MemoryLock::delete`], so a stale version never matches
 /// a recreated object.
+///
+/// It keeps the Kubernetes API server's write semantics, so that code tested against it meets
+/// no kinder store in production: an update that leaves the stored record unchanged is a
+/// no-op that answers the *unchanged* version and notifies no watcher (the API server's
+/// `GuaranteedUpdate` does the same for a byte-identical object), and times are stored at the
+/// lock's precision ([`MemoryLock::with_time_precision`]; the annotation locks keep whole
+/// seconds). [`MemoryLock::delete`] and [`MemoryLock::touch`] play an administrator and a
+/// foreign writer.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryLock {
     inner: Arc<Mutex<Store>>,
@@ -19,6 +28,8 @@ pub struct MemoryLock {
 struct Store {
     current: Option<Versioned<LeaderElectionRecord>>,
     last_version: u64,
+    /// The precision times are stored at; zero means one microsecond.
+    precision: Duration,
     /// Watchers, created by the first `watch`.
     #[cfg(feature = "tokio")]
     changes: Option<tokio::sync::watch::Sender<super::Sighting>>,
@@ -28,6 +39,14 @@ struct Store {
 }
 
 impl Store {
+    /// `record` as this store keeps it: times truncated to its precision.
+    fn stored(&self, mut record: LeaderElectionRecord) -> LeaderElectionRecord {
+        let precision = self.precision;
+        record.acquire_time = record.acquire_time.map(|t| t.truncated_to(precision));
+        record.renew_time = record.renew_time.map(|t| t.truncated_to(precision));
+        record
+    }
+
     fn next_version(&mut self) -> Version {
         self.last_version += 1;
         Version::new(self.last_version.to_string())
@@ -49,9 +68,23 @@ impl Store {
 }
 
 impl MemoryLock {
-    /// An empty store: the lock object does not exist yet.
+    /// An empty store that keeps times to the microsecond, like a Lease: the lock object does
+    /// not exist yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store that keeps times truncated to `precision` (at least a microsecond), like
+    /// the annotation locks' whole seconds.
+    pub fn with_time_precision(precision: Duration) -> Self {
+        let lock = Self::default();
+        lock.store().precision = precision;
+        lock
+    }
+
+    /// The precision it stores times at.
+    pub fn time_precision(&self) -> Duration {
+        self.store().precision.max(Duration::from_micros(1))
     }
 
     fn store(&self) -> MutexGuard<'_, Store> {
@@ -81,6 +114,7 @@ impl MemoryLock {
     /// [`LockErrorKind::AlreadyExists`] when it exists.
     pub fn create(&self, record: LeaderElectionRecord) -> Result<Version, LockError> {
         let mut store = self.store();
+        let record = store.stored(record);
         if let Some(current) = &store.current {
             return Err(LockError::new(
                 LockErrorKind::AlreadyExists,
@@ -95,7 +129,9 @@ impl MemoryLock {
         Ok(version)
     }
 
-    /// Replaces the record if the object is still at version `expected`.
+    /// Replaces the record if the object is still at version `expected`. A record that equals
+    /// the stored one (at the store's time precision) writes nothing and answers the unchanged
+    /// version, as the API server does.
     ///
     /// # Errors
     /// [`LockErrorKind::NotFound`] when the object is absent, [`LockErrorKind::Conflict`] when
@@ -106,6 +142,7 @@ impl MemoryLock {
         record: LeaderElectionRecord,
     ) -> Result<Version, LockError> {
         let mut store = self.store();
+        let record = store.stored(record);
         match &store.current {
             None => Err(LockError::new(
                 LockErrorKind::NotFound,
@@ -118,6 +155,7 @@ impl MemoryLock {
                     current.version
                 ),
             )),
+            Some(current) if current.value == record => Ok(current.version.clone()),
             Some(_) => {
                 let version = store.next_version();
                 store.set(Some(Versioned {
@@ -145,6 +183,19 @@ impl MemoryLock {
     pub fn delete(&self) {
         self.store().set(None);
     }
+
+    /// Writes the object without changing the record, as a tool that edits its labels or other
+    /// annotations does: the version rises and watchers are told. Nothing if it is absent.
+    pub fn touch(&self) {
+        let mut store = self.store();
+        if let Some(current) = store.current.clone() {
+            let version = store.next_version();
+            store.set(Some(Versioned {
+                version,
+                value: current.value,
+            }));
+        }
+    }
 }
 
 #[cfg(feature = "async")]
@@ -167,6 +218,10 @@ impl super::Lock for MemoryLock {
 
     fn describe(&self) -> String {
         "memory".into()
+    }
+
+    fn time_precision(&self) -> Duration {
+        MemoryLock::time_precision(self)
     }
 
     /// With the `tokio` feature the in-memory lock can be watched: every change, as it
@@ -245,6 +300,34 @@ mod tests {
             lock.update(&v1, record("b")).map_err(|e| e.kind),
             Err(LockErrorKind::Conflict)
         );
+    }
+
+    #[test]
+    fn an_update_that_changes_nothing_is_a_no_op_like_the_api_server_s() {
+        let lock = MemoryLock::with_time_precision(Duration::from_secs(1));
+        let at = |micros| crate::time::Timestamp::from_unix_micros(micros).ok();
+        let mut r = record("a");
+        r.renew_time = at(10_200_000);
+        let v1 = lock.create(r.clone()).expect("absent");
+        assert_eq!(lock.get().and_then(|v| v.value.renew_time), at(10_000_000));
+        // 0.6 s later, within the same second: the stored object would not change.
+        r.renew_time = at(10_800_000);
+        assert_eq!(lock.update(&v1, r.clone()), Ok(v1.clone()), "unchanged version");
+        r.renew_time = at(11_000_000);
+        let v2 = lock.update(&v1, r).expect("a new second is a change");
+        assert_ne!(v1, v2);
+    }
+
+    #[test]
+    fn touch_bumps_the_version_and_keeps_the_record() {
+        let lock = MemoryLock::new();
+        lock.touch();
+        assert_eq!(lock.get(), None, "nothing to touch");
+        let v1 = lock.create(record("a")).expect("absent");
+        lock.touch();
+        let now = lock.get().expect("present");
+        assert_ne!(now.version, v1);
+        assert_eq!(now.value, record("a"));
     }
 
     #[test]

@@ -140,6 +140,14 @@ pub trait Lock: Send + Sync + 'static {
     /// "namespace/name" or similar, for messages.
     fn describe(&self) -> String;
 
+    /// The finest step of time the lock stores in the record's times (1 µs for a Lease, 1 s
+    /// for the annotation locks). The drivers set
+    /// [`Config::time_precision`](crate::Config#structfield.time_precision) from it. The
+    /// default, 1 s, is right for every lock.
+    fn time_precision(&self) -> std::time::Duration {
+        crate::config::DEFAULT_TIME_PRECISION
+    }
+
     /// A stream of every change of the lock, if the store can push them. Each item is the lock
     /// as seen then; errors are reported and the stream keeps going (the store re-establishes
     /// it). The default is `None`: the elector polls.

@@ -26,6 +26,13 @@
 //! gracefully at 60 %, which gives the failover and handover samples. In the *liveness phase*
 //! faults stop: partitions heal, pauses end, crashed processes restart, nothing is dropped.
 //!
+//! The lock behaves like the Kubernetes API server, not like a kinder store: an update that
+//! changes nothing is a no-op answered with the unchanged version; times are stored at the
+//! lock's precision (whole seconds in some runs, like the annotation locks); an administrator
+//! deletes the lock, foreign tools write the object without touching the record (labels, other
+//! annotations), and in some runs every create fails with NotFound during the fault phase, as
+//! for a missing namespace. Wall clocks step back and forth.
+//!
 //! # What is checked
 //!
 //! * **Safety**: the real-time intervals during which each identity believes it leads
@@ -34,7 +41,13 @@
 //!   identities.
 //! * The lock's versions only rise; an elector never has two operations outstanding; fencing
 //!   tokens strictly rise from one identity's term to the next's.
-//! * **Liveness**: once faults stop, some candidate leads within [`Params::liveness_bound`].
+//! * **Load**: no elector issues more than
+//!   [`MAX_OPS_PER_RETRY_PERIOD`](crate::elector::MAX_OPS_PER_RETRY_PERIOD) operations within
+//!   one retry period of its clock, whatever the faults: no busy loop.
+//! * **Liveness**: once faults stop, some candidate leads within [`Params::liveness_bound`],
+//!   and from then on leadership is stable: from the end of that bound to the end of the run
+//!   (one lease duration) one term lasts throughout. A leader that never renews, or terms that
+//!   keep ending, fail this.
 //!
 //! Safety must hold whenever the clock-rate ratio is below `lease_duration / renew_deadline`
 //! (see the crate docs for the proof); above it, some seeds find overlaps, which shows the
@@ -85,6 +98,21 @@ pub struct Scenario {
     pub fault_phase: Option<Duration>,
     /// Keep a readable timeline of the run in [`Outcome::timeline`].
     pub timeline: bool,
+    /// An administrator deletes the lock now and then during the fault phase (derived: half
+    /// the seeds with faults on).
+    pub deletions: Option<bool>,
+    /// Foreign tools write the lock object without changing its record (derived: half the
+    /// seeds with faults on).
+    pub foreign_writes: Option<bool>,
+    /// Every create answers NotFound during the fault phase, as for a missing namespace
+    /// (derived: one seed in eight with faults on).
+    pub missing_namespace: Option<bool>,
+    /// The lock stores whole seconds, like the annotation locks, when the configuration allows
+    /// it (derived: half the seeds).
+    pub coarse_times: Option<bool>,
+    /// Wall clocks step back and forth during the fault phase (derived: half the seeds with
+    /// faults on).
+    pub wall_steps: Option<bool>,
 }
 
 impl Scenario {
@@ -100,6 +128,11 @@ impl Scenario {
             faults: true,
             fault_phase: None,
             timeline: false,
+            deletions: None,
+            foreign_writes: None,
+            missing_namespace: None,
+            coarse_times: None,
+            wall_steps: None,
         }
     }
 
@@ -163,8 +196,34 @@ impl Scenario {
             let j = (pick(0.0, (i + 1) as f64) as usize).min(i);
             rates.swap(i, j);
         }
+        // Drawn last, so the parameters above stay what they were for every seed.
+        let mut choose = |set: Option<bool>, p: f64| {
+            let x = pick(0.0, 1.0);
+            set.unwrap_or(self.faults && x < p)
+        };
+        let deletions = choose(self.deletions, 0.5);
+        let foreign_writes = choose(self.foreign_writes, 0.5);
+        let missing_namespace = choose(self.missing_namespace, 0.125);
+        let wall_steps = choose(self.wall_steps, 0.5);
+        let coarse = self.coarse_times.unwrap_or(pick(0.0, 1.0) < 0.5);
+        let mut coarse_config = elector.clone();
+        coarse_config.time_precision = Duration::from_secs(1);
+        elector.time_precision = if coarse && coarse_config.validate().is_ok() {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_micros(1)
+        };
+        let mut every = |on: bool, lo: f64, hi: f64| on.then(|| ld.mul_f64(pick(lo, hi)));
+        let delete_every = every(deletions, 2.0, 8.0);
+        let foreign_write_every = every(foreign_writes, 0.05, 0.5);
+        let wall_step_every = every(wall_steps, 0.5, 4.0);
         Params {
             seed,
+            time_precision: elector.time_precision,
+            delete_every,
+            foreign_write_every,
+            missing_namespace,
+            wall_step_every,
             elector,
             nodes,
             clock_rate_ratio,
@@ -226,6 +285,16 @@ pub struct Params {
     pub work_stop_delay: Duration,
     /// Keep a readable timeline.
     pub timeline: bool,
+    /// The precision the lock stores times at (the elector's configuration says the same).
+    pub time_precision: Duration,
+    /// Mean time between deletions of the lock by an administrator.
+    pub delete_every: Option<Duration>,
+    /// Mean time between writes of a foreign tool that leave the record alone.
+    pub foreign_write_every: Option<Duration>,
+    /// Every create answers NotFound during the fault phase.
+    pub missing_namespace: bool,
+    /// Mean time between steps of a node's wall clock (up to 3 s, mostly back).
+    pub wall_step_every: Option<Duration>,
 }
 
 impl Params {
@@ -304,6 +373,22 @@ pub enum Violation {
         /// The bound, in seconds.
         bound: f64,
     },
+    /// Once the liveness bound had passed, leadership was not held by one term to the end of
+    /// the run: a term ended, or nobody led for a while.
+    Unstable {
+        /// True time in seconds when leadership changed hands or lapsed.
+        at: f64,
+    },
+    /// An elector issued more operations within one retry period than
+    /// [`MAX_OPS_PER_RETRY_PERIOD`](crate::elector::MAX_OPS_PER_RETRY_PERIOD) allows.
+    TooManyOperations {
+        /// The node.
+        node: usize,
+        /// Operations within the retry period.
+        count: usize,
+        /// True time in seconds.
+        at: f64,
+    },
 }
 
 impl fmt::Display for Violation {
@@ -326,6 +411,14 @@ impl fmt::Display for Violation {
             Violation::NoLeaderAfterFaults { bound } => {
                 write!(f, "no leader within {bound:.3}s after the faults stopped")
             }
+            Violation::Unstable { at } => write!(
+                f,
+                "leadership changed hands or lapsed at {at:.3}s, after the liveness bound"
+            ),
+            Violation::TooManyOperations { node, count, at } => write!(
+                f,
+                "node-{node} issued {count} operations within one retry period at {at:.3}s"
+            ),
         }
     }
 }

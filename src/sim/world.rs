@@ -7,8 +7,8 @@ use std::time::Duration;
 use super::clock::{LocalClock, PPB};
 use super::{Outcome, Params, Violation};
 use crate::elector::rng::Rng;
-use crate::elector::{Action, Elector, Event, Input, Now, OpId, StopReason};
-use crate::lock::{LockRequest, LockResponse, LockResult, MemoryLock};
+use crate::elector::{Action, Elector, Event, Input, MAX_OPS_PER_RETRY_PERIOD, Now, OpId};
+use crate::lock::{LockError, LockErrorKind, LockRequest, LockResponse, LockResult, MemoryLock};
 use crate::record::{Identity, LeaderElectionRecord, Versioned};
 use crate::time::{Instant, Timestamp};
 
@@ -75,6 +75,12 @@ enum Fault {
     Partition,
     Shutdown,
     RateChange,
+    /// An administrator deletes the lock.
+    Delete,
+    /// A foreign tool writes the object, leaving the record alone.
+    ForeignWrite,
+    /// A node's wall clock steps.
+    WallStep,
 }
 
 /// An input for a node that may have to wait while the node is paused.
@@ -104,10 +110,19 @@ struct Node {
     outstanding: Option<(OpId, Instant)>,
     term: Option<Term>,
     up_since: Option<T>,
+    /// Local instants of the operations this incarnation issued within the last retry period.
+    recent_ops: VecDeque<Instant>,
+    /// Whether this node already broke the operation-rate bound (reported once).
+    too_many_ops: bool,
+    /// The highest version of the lock this incarnation has seen present (0: none).
+    seen_version: u64,
+
 }
 
 struct Term {
     start: T,
+    /// What the guarantee does not cover about this term (see the crate docs).
+    exempt: Exempt,
     leader_until: Instant,
     /// The true time at which the node's clock reaches `leader_until` (kept current across
     /// rate changes until it has passed).
@@ -119,6 +134,17 @@ struct Span {
     identity: Identity,
     start: T,
     end: T,
+    exempt: Exempt,
+}
+
+/// A term started by recreating a deleted lock object is covered by the guarantee only as
+/// far as its creator saw that object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Exempt {
+    /// The creator never saw the deleted object present: no overlap check either.
+    overlap: bool,
+    /// The creator did not see the deleted object's last record, so it may repeat a token.
+    token: bool,
 }
 
 pub(crate) struct World {
@@ -131,6 +157,13 @@ pub(crate) struct World {
     nodes: Vec<Node>,
     lock: MemoryLock,
     last_version: u64,
+    /// The version at which the current (or last deleted) lock object was created.
+    object_since: Option<u64>,
+    /// The version at which the current (or last deleted) lock object got its record.
+    record_since: Option<u64>,
+    /// The current lock object was recreated outside the guarantee: by whom, with which
+    /// token, and what the terms of that holder with that token are exempt from.
+    created: Option<(Identity, u64, Exempt)>,
     /// The record before the last write, for late (stale) watch events.
     previous: Option<Versioned<LeaderElectionRecord>>,
     faults_on: bool,
@@ -172,6 +205,9 @@ impl World {
                     outstanding: None,
                     term: None,
                     up_since: None,
+                    recent_ops: VecDeque::new(),
+                    too_many_ops: false,
+                    seen_version: 0,
                 }
             })
             .collect();
@@ -185,9 +221,12 @@ impl World {
             queue: BinaryHeap::new(),
             events: Vec::new(),
             nodes,
-            lock: MemoryLock::new(),
+            lock: MemoryLock::with_time_precision(p.time_precision),
             last_version: 0,
             previous: None,
+            object_since: None,
+            record_since: None,
+            created: None,
             spans: Vec::new(),
             last_term: None,
             violations: Vec::new(),
@@ -219,6 +258,9 @@ impl World {
             Fault::Partition,
             Fault::Shutdown,
             Fault::RateChange,
+            Fault::Delete,
+            Fault::ForeignWrite,
+            Fault::WallStep,
         ] {
             self.schedule_fault(fault);
         }
@@ -251,7 +293,7 @@ impl World {
         }
         self.check_overlaps();
         match self.leader_after_faults {
-            Some(d) if nanos(d) <= bound => {}
+            Some(d) if nanos(d) <= bound => self.check_stable(self.fault_end + bound),
             _ => self
                 .violations
                 .push(Violation::NoLeaderAfterFaults { bound: secs(bound) }),
@@ -299,6 +341,9 @@ impl World {
             Fault::Partition => self.p.partition_every,
             Fault::Shutdown => self.p.shutdown_every,
             Fault::RateChange => self.p.rate_change_every,
+            Fault::Delete => self.p.delete_every,
+            Fault::ForeignWrite => self.p.foreign_write_every,
+            Fault::WallStep => self.p.wall_step_every,
         };
         let Some(every) = every else { return };
         // Exponential inter-arrival times, capped so one run cannot stall.
@@ -426,6 +471,28 @@ impl World {
                 let rate = 1.0 + (ratio - 1.0) * self.rng.next_f64();
                 self.set_rate(target, (rate * PPB as f64) as u64);
             }
+            Fault::Delete => {
+                self.previous = self.lock.get();
+                self.lock.delete();
+                self.timeline_line("an administrator deletes the lock".into());
+                self.broadcast_watch();
+            }
+            Fault::ForeignWrite => {
+                if self.lock.get().is_some() {
+                    self.previous = self.lock.get();
+                    self.lock.touch();
+                    self.note_version();
+                    self.timeline_line("a foreign tool writes the object, not the record".into());
+                    self.broadcast_watch();
+                }
+            }
+            Fault::WallStep => {
+                // Mostly back (as after an NTP correction), sometimes forward, up to 3 s.
+                let step = (self.rng.next_f64() * 3e6) as i64;
+                let step = if self.chance(0.75) { -step } else { step };
+                self.nodes[target].wall_offset += step;
+                self.log(target, &format!("wall clock steps {:+.3}s", step as f64 / 1e6));
+            }
         }
     }
 
@@ -487,6 +554,8 @@ impl World {
         n.paused = false;
         n.inbox.clear();
         n.outstanding = None;
+        n.recent_ops.clear();
+        n.seen_version = 0;
         if let Some(since) = n.up_since.take() {
             self.elector_time += Duration::from_nanos(self.now - since);
         }
@@ -555,6 +624,12 @@ impl World {
         {
             n.outstanding = None;
         }
+        if let Delivery::Result(_, Ok(LockResponse::Record(Some(seen))))
+        | Delivery::Observed(Some(seen)) = &d
+        {
+            let v = seen.version.as_str().parse().unwrap_or(0);
+            n.seen_version = n.seen_version.max(v);
+        }
         let input = match d {
             Delivery::Timeout => Input::Timeout(now),
             Delivery::Result(op, result) => {
@@ -610,6 +685,22 @@ impl World {
             });
         }
         n.outstanding = Some((op, deadline));
+        // The load checker: operations within one retry period of this node's clock.
+        let rp = self.p.elector.retry_period;
+        while n.recent_ops.front().is_some_and(|&t| t + rp <= now) {
+            n.recent_ops.pop_front();
+        }
+        n.recent_ops.push_back(now);
+        if n.recent_ops.len() > MAX_OPS_PER_RETRY_PERIOD && !n.too_many_ops {
+            n.too_many_ops = true;
+            let count = n.recent_ops.len();
+            self.violations.push(Violation::TooManyOperations {
+                node,
+                count,
+                at: secs(self.now),
+            });
+        }
+        let n = &mut self.nodes[node];
         let inc = n.inc;
         let partitioned = n.partitioned;
         let loss = self.while_faults(self.p.request_loss);
@@ -634,14 +725,43 @@ impl World {
             return;
         }
         let before = self.lock.get();
-        let result = self.lock.execute(request);
-        if let Ok(LockResponse::Written(v)) = &result {
-            let v: u64 = v.as_str().parse().unwrap_or(0);
-            if v <= self.last_version {
-                self.violations
-                    .push(Violation::VersionWentBack { at: secs(self.now) });
+        let result = if self.p.missing_namespace
+            && self.faults_on
+            && matches!(request, LockRequest::Create(_))
+        {
+            Err(LockError::new(
+                LockErrorKind::NotFound,
+                "namespaces \"sim\" not found",
+            ))
+        } else {
+            self.lock.execute(request)
+        };
+        if let (LockRequest::Create(record), Ok(LockResponse::Written(v))) = (request, &result) {
+            // The guarantee covers a recreation by a node that saw the deleted object (no
+            // overlap), and its token only if that node saw the object's last record. The
+            // requesting incarnation may be gone: what it saw is in the request's `inc`.
+            let seen = if self.nodes[node].inc == inc {
+                self.nodes[node].seen_version
+            } else {
+                0
+            };
+            let exempt = Exempt {
+                overlap: self.object_since.is_some_and(|since| seen < since),
+                token: self.record_since.is_some_and(|since| seen < since),
+            };
+            if exempt.token {
+                // Tokens restart with this object: later terms must rise from here.
+                self.last_term = None;
             }
-            self.last_version = v;
+            self.created = (exempt != Exempt::default()).then(|| {
+                let identity = self.nodes[node].identity.clone();
+                (identity, u64::from(record.leader_transitions), exempt)
+            });
+            self.object_since = v.as_str().parse().ok();
+        }
+        if matches!(result, Ok(LockResponse::Written(_))) && self.lock.get() != before {
+            self.note_version();
+            self.record_since = Some(self.last_version);
             self.previous = before;
             self.broadcast_watch();
         }
@@ -659,6 +779,20 @@ impl World {
                 result,
             },
         );
+    }
+
+    /// The versions checker, after every change of the stored object.
+    fn note_version(&mut self) {
+        let v: u64 = self
+            .lock
+            .get()
+            .and_then(|v| v.version.as_str().parse().ok())
+            .unwrap_or(0);
+        if v <= self.last_version {
+            self.violations
+                .push(Violation::VersionWentBack { at: secs(self.now) });
+        }
+        self.last_version = v;
     }
 
     /// Watching nodes hear of every write, sometimes twice, sometimes with a stale record late.
@@ -719,14 +853,25 @@ impl World {
             } => {
                 let now = self.now;
                 let ends_by = self.nodes[node].clock.true_time_of(leader_until, now);
+                let exempt = match &self.created {
+                    Some((creator, t, exempt))
+                        if *creator == self.nodes[node].identity && *t == token.0 =>
+                    {
+                        *exempt
+                    }
+                    _ => Exempt::default(),
+                };
                 self.nodes[node].term = Some(Term {
                     start: now,
+                    exempt,
                     leader_until,
                     ends_by,
                 });
                 self.terms += 1;
                 let identity = self.nodes[node].identity.clone();
-                if let Some((prev, prev_token)) = &self.last_term {
+                if let Some((prev, prev_token)) = &self.last_term
+                    && !exempt.token
+                {
                     let rose = if prev == &identity {
                         token.0 >= *prev_token
                     } else {
@@ -759,12 +904,10 @@ impl World {
             Event::StoppedLeading { reason } => {
                 self.end_term(node, self.now);
                 self.log(node, &format!("STOPPED leading: {reason:?}"));
-                if reason == StopReason::Shutdown {
-                    // The leader work takes a while to stop.
-                    let d = (nanos(self.p.work_stop_delay) as f64 * self.rng.next_f64()) as u64;
-                    let inc = self.nodes[node].inc;
-                    self.schedule_at(self.now + d, Ev::WorkStopped { node, inc });
-                }
+                // The leader work takes a while to stop.
+                let d = (nanos(self.p.work_stop_delay) as f64 * self.rng.next_f64()) as u64;
+                let inc = self.nodes[node].inc;
+                self.schedule_at(self.now + d, Ev::WorkStopped { node, inc });
             }
             Event::NewLeader(leader) => {
                 let who = leader.map_or("nobody".to_string(), |l| l.to_string());
@@ -795,7 +938,27 @@ impl World {
                 identity: self.nodes[node].identity.clone(),
                 start: term.start,
                 end: t.min(term.ends_by),
+                exempt: term.exempt,
             });
+        }
+    }
+
+    /// From `settle` to the end of the run one term must last throughout: a term that ends
+    /// (or starts) in between means leadership flapped or lapsed after the faults stopped.
+    fn check_stable(&mut self, settle: T) {
+        let horizon = self.now;
+        let changes = self
+            .spans
+            .iter()
+            .flat_map(|s| [s.start, s.end])
+            .filter(|&t| t > settle && t < horizon)
+            .min();
+        let covered = self
+            .spans
+            .iter()
+            .any(|s| s.start <= settle && s.end >= horizon);
+        if let Some(at) = changes.or((!covered).then_some(settle)) {
+            self.violations.push(Violation::Unstable { at: secs(at) });
         }
     }
 
@@ -805,7 +968,7 @@ impl World {
         for i in 0..self.spans.len() {
             if let Some(f) = furthest {
                 let (a, b) = (&self.spans[f], &self.spans[i]);
-                if b.start < a.end && a.identity != b.identity {
+                if b.start < a.end && a.identity != b.identity && !b.exempt.overlap {
                     self.violations.push(Violation::Overlap {
                         first: (a.identity.to_string(), secs(a.start), secs(a.end)),
                         second: (b.identity.to_string(), secs(b.start), secs(b.end)),

@@ -1,0 +1,85 @@
+//! What the elector knows of the lock: the last record it saw and since when, or that the lock
+//! was absent and how long that absence must still be treated as a held lock.
+
+use std::time::Duration;
+
+use crate::record::{LeaderElectionRecord, Version, Versioned};
+use crate::time::Instant;
+
+/// The lock as last seen.
+#[derive(Debug, Clone, Default)]
+pub(super) enum View {
+    /// Never seen.
+    #[default]
+    Unread,
+    /// Seen absent.
+    Absent(Absence),
+    /// Seen holding a record.
+    Present(Observed),
+}
+
+/// A record, its version, and when it was first seen.
+#[derive(Debug, Clone)]
+pub(super) struct Observed {
+    pub(super) version: Version,
+    pub(super) record: LeaderElectionRecord,
+    /// The local instant the first read or watch event showing this *record* was received.
+    /// A new version with the same record (a write to labels, other annotations, an
+    /// Endpoints object's subsets) keeps it: failover follows the record, as in client-go.
+    /// INVARIANT (for safety): every write of an elector changes the record, so a renewal
+    /// always moves `observed_at`.
+    pub(super) observed_at: Instant,
+}
+
+/// The lock was found absent.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Absence {
+    /// Until when the absent lock counts as held: set when the lock was seen present before.
+    /// Some leader's term may rest on a write made before the deletion that this elector never
+    /// saw, and that term ends within its renew deadline of the deletion: waiting a lease
+    /// duration from the first sight of the absence covers it, as a lease expiry would.
+    pub(super) held_until: Option<Instant>,
+    /// `leaderTransitions` of the last record seen, continued when the lock is recreated so
+    /// that fencing tokens keep rising.
+    pub(super) transitions: Option<u32>,
+}
+
+impl View {
+    /// The view after seeing `seen` at `now`; `lease_duration` is this elector's own.
+    pub(super) fn seen(
+        self,
+        seen: Option<Versioned<LeaderElectionRecord>>,
+        now: Instant,
+        lease_duration: Duration,
+    ) -> View {
+        match (seen, self) {
+            (Some(seen), View::Present(o)) if o.record == seen.value => View::Present(Observed {
+                version: seen.version,
+                ..o
+            }),
+            (Some(seen), _) => View::Present(Observed {
+                version: seen.version,
+                record: seen.value,
+                observed_at: now,
+            }),
+            (None, View::Present(o)) => {
+                let lease = Duration::from_secs(u64::from(o.record.lease_duration_seconds))
+                    .max(lease_duration);
+                View::Absent(Absence {
+                    held_until: Some(now + lease),
+                    transitions: Some(o.record.leader_transitions),
+                })
+            }
+            (None, View::Absent(a)) => View::Absent(a),
+            (None, View::Unread) => View::Absent(Absence::default()),
+        }
+    }
+
+    /// The record, when the lock was last seen present.
+    pub(super) fn present(&self) -> Option<&Observed> {
+        match self {
+            View::Present(o) => Some(o),
+            _ => None,
+        }
+    }
+}

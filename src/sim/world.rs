@@ -116,13 +116,14 @@ struct Node {
     too_many_ops: bool,
     /// The highest version of the lock this incarnation has seen present (0: none).
     seen_version: u64,
-
+    /// The lock object (generation) this node's last applied write went to.
+    write_generation: usize,
 }
 
 struct Term {
     start: T,
-    /// What the guarantee does not cover about this term (see the crate docs).
-    exempt: Exempt,
+    /// The lock object (generation) the term's acquiring write went to.
+    generation: usize,
     leader_until: Instant,
     /// The true time at which the node's clock reaches `leader_until` (kept current across
     /// rate changes until it has passed).
@@ -134,16 +135,17 @@ struct Span {
     identity: Identity,
     start: T,
     end: T,
-    exempt: Exempt,
+    generation: usize,
 }
 
-/// A term started by recreating a deleted lock object is covered by the guarantee only as
-/// far as its creator saw that object.
+/// A lock object recreated after a deletion is covered by the guarantee only as far as its
+/// creator saw the deleted object (see the crate docs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Exempt {
-    /// The creator never saw the deleted object present: no overlap check either.
+    /// The creator never saw the deleted object present: terms on this object may overlap
+    /// terms on earlier ones.
     overlap: bool,
-    /// The creator did not see the deleted object's last record, so it may repeat a token.
+    /// The creator did not see the deleted object's last record: tokens restart here.
     token: bool,
 }
 
@@ -161,15 +163,16 @@ pub(crate) struct World {
     object_since: Option<u64>,
     /// The version at which the current (or last deleted) lock object got its record.
     record_since: Option<u64>,
-    /// The current lock object was recreated outside the guarantee: by whom, with which
-    /// token, and what the terms of that holder with that token are exempt from.
-    created: Option<(Identity, u64, Exempt)>,
+    /// Every lock object created so far (its generation is its index; 0 stands for none yet),
+    /// with what the guarantee does not cover about it.
+    generations: Vec<Exempt>,
     /// The record before the last write, for late (stale) watch events.
     previous: Option<Versioned<LeaderElectionRecord>>,
     faults_on: bool,
     fault_end: T,
     spans: Vec<Span>,
-    last_term: Option<(Identity, u64)>,
+    /// The last term's identity, token and lock object (generation).
+    last_term: Option<(Identity, u64, usize)>,
     violations: Vec<Violation>,
     hash: u64,
     crash_at: Option<T>,
@@ -208,6 +211,7 @@ impl World {
                     recent_ops: VecDeque::new(),
                     too_many_ops: false,
                     seen_version: 0,
+                    write_generation: 0,
                 }
             })
             .collect();
@@ -226,7 +230,7 @@ impl World {
             previous: None,
             object_since: None,
             record_since: None,
-            created: None,
+            generations: vec![Exempt::default()],
             spans: Vec::new(),
             last_term: None,
             violations: Vec::new(),
@@ -736,7 +740,7 @@ impl World {
         } else {
             self.lock.execute(request)
         };
-        if let (LockRequest::Create(record), Ok(LockResponse::Written(v))) = (request, &result) {
+        if let (LockRequest::Create(_), Ok(LockResponse::Written(v))) = (request, &result) {
             // The guarantee covers a recreation by a node that saw the deleted object (no
             // overlap), and its token only if that node saw the object's last record. The
             // requesting incarnation may be gone: what it saw is in the request's `inc`.
@@ -753,11 +757,11 @@ impl World {
                 // Tokens restart with this object: later terms must rise from here.
                 self.last_term = None;
             }
-            self.created = (exempt != Exempt::default()).then(|| {
-                let identity = self.nodes[node].identity.clone();
-                (identity, u64::from(record.leader_transitions), exempt)
-            });
+            self.generations.push(exempt);
             self.object_since = v.as_str().parse().ok();
+        }
+        if matches!(result, Ok(LockResponse::Written(_))) {
+            self.nodes[node].write_generation = self.generations.len() - 1;
         }
         if matches!(result, Ok(LockResponse::Written(_))) && self.lock.get() != before {
             self.note_version();
@@ -853,24 +857,19 @@ impl World {
             } => {
                 let now = self.now;
                 let ends_by = self.nodes[node].clock.true_time_of(leader_until, now);
-                let exempt = match &self.created {
-                    Some((creator, t, exempt))
-                        if *creator == self.nodes[node].identity && *t == token.0 =>
-                    {
-                        *exempt
-                    }
-                    _ => Exempt::default(),
-                };
+                let generation = self.nodes[node].write_generation;
                 self.nodes[node].term = Some(Term {
                     start: now,
-                    exempt,
+                    generation,
                     leader_until,
                     ends_by,
                 });
                 self.terms += 1;
                 let identity = self.nodes[node].identity.clone();
-                if let Some((prev, prev_token)) = &self.last_term
-                    && !exempt.token
+                // A term on an older object than the last term's (its answer came late) is not
+                // in that object's token sequence.
+                if let Some((prev, prev_token, prev_generation)) = &self.last_term
+                    && generation >= *prev_generation
                 {
                     let rose = if prev == &identity {
                         token.0 >= *prev_token
@@ -884,7 +883,7 @@ impl World {
                         });
                     }
                 }
-                self.last_term = Some((identity, token.0));
+                self.last_term = Some((identity, token.0, generation));
                 if let Some(at) = self.crash_at.take() {
                     self.failover = Some(Duration::from_nanos(now - at));
                 }
@@ -938,7 +937,7 @@ impl World {
                 identity: self.nodes[node].identity.clone(),
                 start: term.start,
                 end: t.min(term.ends_by),
-                exempt: term.exempt,
+                generation: term.generation,
             });
         }
     }
@@ -968,7 +967,16 @@ impl World {
         for i in 0..self.spans.len() {
             if let Some(f) = furthest {
                 let (a, b) = (&self.spans[f], &self.spans[i]);
-                if b.start < a.end && a.identity != b.identity && !b.exempt.overlap {
+                // Terms on objects separated by a recreation outside the guarantee.
+                let (lo, hi) = (
+                    a.generation.min(b.generation),
+                    a.generation.max(b.generation),
+                );
+                let exempt = self
+                    .generations
+                    .get(lo + 1..=hi)
+                    .is_some_and(|recreated| recreated.iter().any(|e| e.overlap));
+                if b.start < a.end && a.identity != b.identity && !exempt {
                     self.violations.push(Violation::Overlap {
                         first: (a.identity.to_string(), secs(a.start), secs(a.end)),
                         second: (b.identity.to_string(), secs(b.start), secs(b.end)),

@@ -111,6 +111,9 @@ pub struct Elector {
     /// A write conditional on the view lost a race: the store has moved on, so read before
     /// writing again.
     view_outdated: bool,
+    /// The highest `leaderTransitions` seen on the lock (a stale watch event may show a lower
+    /// one after a higher): a recreated lock continues from it, so fencing tokens keep rising.
+    transitions_seen: Option<u32>,
     /// A term started and its leader work has not been reported stopped. INVARIANT: while
     /// set, no new term starts and no release is written.
     work_running: bool,
@@ -209,6 +212,7 @@ impl Elector {
             in_flight: None,
             view: View::Unread,
             view_outdated: false,
+            transitions_seen: None,
             work_running: false,
             hurried_at: None,
             reported_leader: None,
@@ -530,6 +534,24 @@ impl Elector {
         if let Phase::Following(follow) = &mut self.phase {
             follow.news = true;
         }
+        if seen.is_none() && self.view.present().is_some() {
+            // A watch event saying "absent" may be stale, and an absence starts a lease-long
+            // wait from the moment it is first seen: only a read dates it. Read soon.
+            self.view_outdated = true;
+            if let Phase::Leading { next_renew, .. } = &self.phase {
+                let at = self.hurry(*next_renew);
+                if let Phase::Leading {
+                    next_renew,
+                    slow_path,
+                    ..
+                } = &mut self.phase
+                {
+                    *next_renew = at;
+                    *slow_path = true;
+                }
+            }
+            return;
+        }
         if let Phase::Leading { lease, .. } = &mut self.phase {
             match &seen {
                 Some(s) if s.version == lease.version => {}
@@ -669,7 +691,7 @@ impl Elector {
         let now = self.now;
         let next_poll = follow.next_poll;
         let expiry = self.expiry();
-        if self.may_acquire(now) {
+        if self.may_acquire(now) || (self.view_outdated && follow.news) {
             let freed_since_attempt = expiry
                 .is_some_and(|at| follow.attempted_at.is_none_or(|attempted| at > attempted));
             let news = follow.news || freed_since_attempt;
@@ -727,8 +749,8 @@ impl Elector {
                 let record = self.acquire_record(Some(&o.record));
                 self.issue(LockRequest::Update { expected, record });
             }
-            View::Absent(a) => {
-                let record = self.create_record(a.transitions);
+            View::Absent(_) => {
+                let record = self.create_record();
                 self.issue(LockRequest::Create(record));
             }
             View::Unread => self.issue(LockRequest::Get),
@@ -745,7 +767,7 @@ impl Elector {
                 !self.config.coordinated
                     && a.held_until.is_none_or(|until| now >= until)
                     // leaderTransitions cannot grow: recreating would repeat a fencing token.
-                    && a.transitions.is_none_or(|t| t < MAX_INT32)
+                    && self.transitions_seen.is_none_or(|t| t < MAX_INT32)
             }
             View::Present(o) => {
                 let ours = o.record.is_held_by(me);
@@ -826,6 +848,10 @@ impl Elector {
     /// Records what the lock looks like now and reports a change of holder.
     fn observe(&mut self, seen: Option<Versioned<LeaderElectionRecord>>) {
         let view = std::mem::take(&mut self.view);
+        if let Some(seen) = &seen {
+            let t = seen.value.leader_transitions;
+            self.transitions_seen = Some(self.transitions_seen.map_or(t, |max| max.max(t)));
+        }
         self.view = view.seen(seen, self.now, self.config.lease_duration);
         self.view_outdated = false;
         let holder = self.leader().cloned();
@@ -873,18 +899,18 @@ impl Elector {
                 strategy: current.strategy.clone(),
                 preferred_holder: current.preferred_holder.clone(),
             },
-            None => self.create_record(None),
+            None => self.create_record(),
         }
     }
 
-    /// The record that creates the lock: transitions continue from the last record seen.
-    fn create_record(&self, last_transitions: Option<u32>) -> LeaderElectionRecord {
+    /// The record that creates the lock: transitions continue from the highest seen.
+    fn create_record(&self) -> LeaderElectionRecord {
         LeaderElectionRecord {
             holder: Some(self.config.identity.clone()),
             lease_duration_seconds: self.lease_seconds(),
             acquire_time: Some(self.stamp()),
             renew_time: Some(self.stamp()),
-            leader_transitions: last_transitions.map_or(0, |t| t.saturating_add(1)),
+            leader_transitions: self.transitions_seen.map_or(0, |t| t.saturating_add(1)),
             ..Default::default()
         }
     }

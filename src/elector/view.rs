@@ -39,9 +39,6 @@ pub(super) struct Absence {
     /// saw, and that term ends within its renew deadline of the deletion: waiting a lease
     /// duration from the first sight of the absence covers it, as a lease expiry would.
     pub(super) held_until: Option<Instant>,
-    /// `leaderTransitions` of the last record seen, continued when the lock is recreated so
-    /// that fencing tokens keep rising.
-    pub(super) transitions: Option<u32>,
 }
 
 impl View {
@@ -67,7 +64,6 @@ impl View {
                     .max(lease_duration);
                 View::Absent(Absence {
                     held_until: Some(now + lease),
-                    transitions: Some(o.record.leader_transitions),
                 })
             }
             (None, View::Absent(a)) => View::Absent(a),

@@ -37,6 +37,8 @@ enum Ev {
         inc: u32,
         op: OpId,
         request: LockRequest,
+        /// The highest version the sender had seen when it sent this.
+        seen: u64,
     },
     Response {
         node: usize,
@@ -373,7 +375,8 @@ impl World {
                 inc,
                 op,
                 request,
-            } => self.handle_request(node, inc, op, &request),
+                seen,
+            } => self.handle_request(node, inc, op, &request, seen),
             Ev::Response {
                 node,
                 inc,
@@ -705,6 +708,7 @@ impl World {
             });
         }
         let n = &mut self.nodes[node];
+        let seen = n.seen_version;
         let inc = n.inc;
         let partitioned = n.partitioned;
         let loss = self.while_faults(self.p.request_loss);
@@ -719,12 +723,20 @@ impl World {
                 inc,
                 op,
                 request,
+                seen,
             },
         );
     }
 
     /// The lock applies the request at arrival: the linearization point.
-    fn handle_request(&mut self, node: usize, inc: u32, op: OpId, request: &LockRequest) {
+    fn handle_request(
+        &mut self,
+        node: usize,
+        inc: u32,
+        op: OpId,
+        request: &LockRequest,
+        seen: u64,
+    ) {
         if self.nodes[node].partitioned {
             return;
         }
@@ -741,14 +753,9 @@ impl World {
             self.lock.execute(request)
         };
         if let (LockRequest::Create(_), Ok(LockResponse::Written(v))) = (request, &result) {
-            // The guarantee covers a recreation by a node that saw the deleted object (no
-            // overlap), and its token only if that node saw the object's last record. The
-            // requesting incarnation may be gone: what it saw is in the request's `inc`.
-            let seen = if self.nodes[node].inc == inc {
-                self.nodes[node].seen_version
-            } else {
-                0
-            };
+            // The guarantee covers a recreation by a node that saw the deleted object before it
+            // sent the create (no overlap), and its token only if it saw the object's last
+            // record.
             let exempt = Exempt {
                 overlap: self.object_since.is_some_and(|since| seen < since),
                 token: self.record_since.is_some_and(|since| seen < since),

@@ -14,6 +14,11 @@
 //!   instead of exiting and restarting)
 //! * `--lease-duration S`, `--renew-deadline S`, `--retry-period S` (seconds, fractions allowed)
 //! * `--fault-phase S` (seconds of faults before the liveness phase)
+//! * the lock's own faults, each `on` or `off` (derived per seed when not given):
+//!   `--deletions` (an administrator deletes the lock), `--foreign-writes` (writes that leave
+//!   the record alone), `--missing-namespace` (every create answers NotFound during the fault
+//!   phase), `--coarse-times` (whole-second times, like the annotation locks), `--wall-steps`
+//!   (wall clocks step back and forth)
 //! * `--timeline` prints a readable timeline of the first seed
 //!
 //! The last line is the summary: `runs=.. violations=.. failover_ms p50=.. p99=.. handover_ms
@@ -102,6 +107,13 @@ fn parse() -> Result<Flags, String> {
             "--renew-deadline" => config.renew_deadline = secs(value()?)?,
             "--retry-period" => config.retry_period = secs(value()?)?,
             "--fault-phase" => scenario.fault_phase = Some(secs(value()?)?),
+            "--deletions" => scenario.deletions = Some(on_off(&flag, value()?)?),
+            "--foreign-writes" => scenario.foreign_writes = Some(on_off(&flag, value()?)?),
+            "--missing-namespace" => {
+                scenario.missing_namespace = Some(on_off(&flag, value()?)?);
+            }
+            "--coarse-times" => scenario.coarse_times = Some(on_off(&flag, value()?)?),
+            "--wall-steps" => scenario.wall_steps = Some(on_off(&flag, value()?)?),
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown flag {other}")),
         }
@@ -120,6 +132,14 @@ fn parse() -> Result<Flags, String> {
     })
 }
 
+fn on_off(flag: &str, value: String) -> Result<bool, String> {
+    match value.as_str() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{flag} takes on or off, not {value}")),
+    }
+}
+
 fn main() -> ExitCode {
     let flags = match parse() {
         Ok(flags) => flags,
@@ -128,7 +148,7 @@ fn main() -> ExitCode {
                 eprintln!("simulate: {e}");
             }
             eprintln!(
-                "usage: simulate [--seeds N] [--seed S] [--nodes N] [--clock-rate-ratio R] [--latency-ms A-B] [--loss P] [--watch|--poll] [--no-faults] [--no-release] [--recontend] [--lease-duration S] [--renew-deadline S] [--retry-period S] [--fault-phase S] [--timeline]"
+                "usage: simulate [--seeds N] [--seed S] [--nodes N] [--clock-rate-ratio R] [--latency-ms A-B] [--loss P] [--watch|--poll] [--no-faults] [--no-release] [--recontend] [--lease-duration S] [--renew-deadline S] [--retry-period S] [--fault-phase S] [--deletions|--foreign-writes|--missing-namespace|--coarse-times|--wall-steps on|off] [--timeline]"
             );
             return ExitCode::from(2);
         }

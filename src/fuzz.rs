@@ -309,8 +309,9 @@ pub fn elector_inputs(data: &[u8]) {
 }
 
 /// The simulator with fuzzer-chosen parameters below the safety bound: no overlap, no second
-/// operation in flight, versions and fencing tokens rising. (Liveness is not asserted: the
-/// fuzzer may pick a loss rate nothing can get through.)
+/// operation in flight, versions and fencing tokens rising, no more operations per retry period
+/// than the elector's bound. (Liveness is not asserted: the fuzzer may pick a loss rate nothing
+/// can get through.)
 pub fn simulation(data: &[u8]) {
     let mut b = Bytes(data);
     let config = config_from(&mut b, "template");
@@ -329,6 +330,11 @@ pub fn simulation(data: &[u8]) {
     let unsafe_ = outcome
         .violations
         .iter()
-        .any(|v| !matches!(v, Violation::NoLeaderAfterFaults { .. }));
+        .any(|v| {
+            !matches!(
+                v,
+                Violation::NoLeaderAfterFaults { .. } | Violation::Unstable { .. }
+            )
+        });
     assert!(!unsafe_, "{outcome}");
 }

@@ -30,8 +30,9 @@
 //!   the compare-and-swap fails if anything changed since. Attempts start every
 //!   `retry_period * (1 + jitter * u)` after the previous one started; a follower also wakes
 //!   exactly at expiry, and an observation that shows the lock free starts an attempt at once.
-//! * **Pace.** An operation is brought forward of its schedule (after a lost race, on an
-//!   observation, at expiry) at most once per `retry_period`; otherwise it waits for the
+//! * **Pace.** An operation is brought forward of its schedule at most once per
+//!   `retry_period` for each of two causes: a lost race (one immediate retry), and news (an
+//!   observation or an expiry that shows the lock free or changed). Otherwise it waits for the
 //!   schedule. Observations never postpone an attempt. An attempt is at most a read and a
 //!   write, so an elector issues at most [`MAX_OPS_PER_RETRY_PERIOD`] operations in any
 //!   `retry_period`, whatever the lock answers.
@@ -71,10 +72,11 @@ use rng::Rng;
 use view::{Observed, View};
 
 /// The most lock operations an elector issues in any interval of one `retry_period` on its
-/// own clock, whatever the lock answers and whatever it observes: a scheduled attempt and an
-/// early one (each a read and a write), the write of an attempt begun before the interval,
-/// and the read and write of a release. The simulator checks it in every run.
-pub const MAX_OPS_PER_RETRY_PERIOD: usize = 7;
+/// own clock, whatever the lock answers and whatever it observes: a scheduled attempt, an
+/// immediate retry after a lost race and an early attempt on news (each a read and a write),
+/// the write of an attempt begun before the interval, and the read and write of a release.
+/// The simulator checks it in every run, the elector tests under persistent faults.
+pub const MAX_OPS_PER_RETRY_PERIOD: usize = 9;
 
 /// A lease-based leader elector with no I/O, no clock and no threads.
 ///
@@ -117,9 +119,9 @@ pub struct Elector {
     /// A term started and its leader work has not been reported stopped. INVARIANT: while
     /// set, no new term starts and no release is written.
     work_running: bool,
-    /// When an operation was last brought forward of its schedule. INVARIANT: at most once
-    /// per `retry_period`.
-    hurried_at: Option<Instant>,
+    /// When an operation was last brought forward of its schedule, for each cause.
+    /// INVARIANT: at most once per `retry_period` for each.
+    hurried_at: [Option<Instant>; 2],
     /// The holder last reported with [`Event::NewLeader`].
     reported_leader: Option<Identity>,
     next_op: u64,
@@ -160,9 +162,21 @@ struct Follow {
     next_poll: Instant,
     /// When the last attempt started.
     attempted_at: Option<Instant>,
-    /// Since the last attempt started, an observation arrived or a race was lost: if the lock
-    /// now looks free, try at once rather than at `next_poll`.
+    /// Since the last attempt started, an observation arrived: if the lock now looks free,
+    /// try at once rather than at `next_poll`.
     news: bool,
+    /// The last attempt lost a race: retry at once.
+    raced: bool,
+}
+
+/// Why an operation is brought forward of its schedule. Each cause may do so once per
+/// `retry_period`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Early {
+    /// A lost race (conflict, already exists, not found): one immediate retry.
+    LostRace = 0,
+    /// An observation, or an expiry, says the lock may be free or may have changed.
+    News = 1,
 }
 
 impl Follow {
@@ -171,6 +185,7 @@ impl Follow {
             next_poll,
             attempted_at: None,
             news: false,
+            raced: false,
         }
     }
 }
@@ -214,7 +229,7 @@ impl Elector {
             view_outdated: false,
             transitions_seen: None,
             work_running: false,
-            hurried_at: None,
+            hurried_at: [None; 2],
             reported_leader: None,
             next_op: 0,
             slow_path_renewals: 0,
@@ -502,14 +517,14 @@ impl Elector {
         let scheduled = (f.issued_at + self.config.retry_period).max(now);
         let following = matches!(self.phase, Phase::Following(_));
         let retry_at = if lost_race && !following {
-            self.hurry(scheduled)
+            self.hurry(scheduled, Early::LostRace)
         } else {
             scheduled
         };
         match &mut self.phase {
-            // The attempt's schedule was set when it started; a lost race is news that lets
-            // `follower_due` bring the next one forward if the pace allows.
-            Phase::Following(follow) => follow.news |= lost_race,
+            // The attempt's schedule was set when it started; after a lost race `follower_due`
+            // brings the next one forward if the pace allows.
+            Phase::Following(follow) => follow.raced |= lost_race,
             Phase::Leading {
                 next_renew,
                 slow_path,
@@ -539,7 +554,7 @@ impl Elector {
             // wait from the moment it is first seen: only a read dates it. Read soon.
             self.view_outdated = true;
             if let Phase::Leading { next_renew, .. } = &self.phase {
-                let at = self.hurry(*next_renew);
+                let at = self.hurry(*next_renew, Early::News);
                 if let Phase::Leading {
                     next_renew,
                     slow_path,
@@ -565,7 +580,7 @@ impl Elector {
                         Phase::Leading { next_renew, .. } => *next_renew,
                         _ => self.now,
                     };
-                    let at = self.hurry(scheduled);
+                    let at = self.hurry(scheduled, Early::News);
                     if let Phase::Leading {
                         next_renew,
                         slow_path,
@@ -648,10 +663,11 @@ impl Elector {
         }
         match &self.phase {
             Phase::Following(follow) => {
-                let early = now < follow.next_poll;
-                if self.follower_due(follow).is_some_and(|(at, _)| now >= at) {
-                    if early {
-                        self.hurried_at = Some(now);
+                if let Some((at, _, early)) = self.follower_due(follow)
+                    && now >= at
+                {
+                    if let Some(why) = early {
+                        self.hurried_at[why as usize] = Some(now);
                     }
                     self.attempt();
                 }
@@ -679,34 +695,38 @@ impl Elector {
         }
     }
 
-    /// When a follower's next attempt is due, and why: at the schedule `next_poll`, or
-    /// earlier (at once) when the lock looks free and that is news since the last attempt (an
-    /// observation, a lost race, an expiry) and the pace allows an early attempt; while the lock
-    /// is held by another, when its lease expires if that comes first (always, when watching).
-    /// `None` while the last term's work still runs.
-    fn follower_due(&self, follow: &Follow) -> Option<(Instant, WakeReason)> {
+    /// When a follower's next attempt is due, why, and (when early) on which budget: at the
+    /// schedule `next_poll`, or at once when the lock looks free (or the view is outdated)
+    /// and that is news since the last attempt (a lost race, an observation, an expiry) and
+    /// the pace allows an early attempt; while the lock is held by another, when its lease
+    /// expires if that comes first (always, when watching). `None` while the last term's work
+    /// still runs.
+    fn follower_due(&self, follow: &Follow) -> Option<(Instant, WakeReason, Option<Early>)> {
         if self.work_running {
             return None;
         }
         let now = self.now;
         let next_poll = follow.next_poll;
         let expiry = self.expiry();
-        if self.may_acquire(now) || (self.view_outdated && follow.news) {
+        if self.may_acquire(now) || (self.view_outdated && (follow.news || follow.raced)) {
             let freed_since_attempt = expiry
                 .is_some_and(|at| follow.attempted_at.is_none_or(|attempted| at > attempted));
-            let news = follow.news || freed_since_attempt;
-            let at = if news && self.may_hurry() {
-                now
+            let early = if now >= next_poll {
+                None
+            } else if follow.raced && self.may_hurry(Early::LostRace) {
+                Some(Early::LostRace)
+            } else if (follow.news || freed_since_attempt) && self.may_hurry(Early::News) {
+                Some(Early::News)
             } else {
-                next_poll
+                return Some((next_poll, WakeReason::RetryAcquire, None));
             };
-            return Some((at, WakeReason::RetryAcquire));
+            return Some((now.min(next_poll), WakeReason::RetryAcquire, early));
         }
         let expiry = expiry.filter(|&at| at > now);
         Some(match (self.config.observation, expiry) {
-            (Observation::Watch, Some(at)) => (at, WakeReason::LeaseExpiry),
-            (Observation::Poll, Some(at)) if at < next_poll => (at, WakeReason::LeaseExpiry),
-            _ => (next_poll, WakeReason::RetryAcquire),
+            (Observation::Watch, Some(at)) => (at, WakeReason::LeaseExpiry, None),
+            (Observation::Poll, Some(at)) if at < next_poll => (at, WakeReason::LeaseExpiry, None),
+            _ => (next_poll, WakeReason::RetryAcquire, None),
         })
     }
 
@@ -733,6 +753,7 @@ impl Elector {
             next_poll,
             attempted_at: Some(now),
             news: false,
+            raced: false,
         });
         if self.may_acquire(now) && !self.view_outdated {
             self.acquire();
@@ -801,19 +822,18 @@ impl Elector {
         (self.config.coordinated && preferred != &self.config.identity).then(|| preferred.clone())
     }
 
-    /// Whether an operation may be brought forward of its schedule now.
-    fn may_hurry(&self) -> bool {
-        self.hurried_at
-            .is_none_or(|at| self.now >= at + self.config.retry_period)
+    /// Whether an operation may be brought forward of its schedule now, for `why`.
+    fn may_hurry(&self, why: Early) -> bool {
+        self.hurried_at[why as usize].is_none_or(|at| self.now >= at + self.config.retry_period)
     }
 
-    /// `now` instead of `scheduled` if the pace allows bringing an operation forward (and
-    /// records that it did), else `scheduled`.
-    fn hurry(&mut self, scheduled: Instant) -> Instant {
+    /// `now` instead of `scheduled` if the pace allows bringing an operation forward for
+    /// `why` (and records that it did), else `scheduled`.
+    fn hurry(&mut self, scheduled: Instant, why: Early) -> Instant {
         if scheduled <= self.now {
             scheduled
-        } else if self.may_hurry() {
-            self.hurried_at = Some(self.now);
+        } else if self.may_hurry(why) {
+            self.hurried_at[why as usize] = Some(self.now);
             self.now
         } else {
             scheduled
@@ -1004,10 +1024,10 @@ impl Elector {
             Phase::Following(follow) => {
                 if idle {
                     // With no timer (waiting for the leader work), sleep until an input.
-                    Some(
-                        self.follower_due(follow)
-                            .unwrap_or((Instant::MAX, WakeReason::LeaderWorkStopped)),
-                    )
+                    Some(self.follower_due(follow).map_or(
+                        (Instant::MAX, WakeReason::LeaderWorkStopped),
+                        |(at, why, _)| (at, why),
+                    ))
                 } else {
                     None
                 }

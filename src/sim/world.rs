@@ -631,12 +631,6 @@ impl World {
         {
             n.outstanding = None;
         }
-        if let Delivery::Result(_, Ok(LockResponse::Record(Some(seen))))
-        | Delivery::Observed(Some(seen)) = &d
-        {
-            let v = seen.version.as_str().parse().unwrap_or(0);
-            n.seen_version = n.seen_version.max(v);
-        }
         let input = match d {
             Delivery::Timeout => Input::Timeout(now),
             Delivery::Result(op, result) => {
@@ -651,6 +645,11 @@ impl World {
         };
         if let Some(e) = &mut n.elector {
             e.handle_input(input);
+            // What the elector took in (a late answer it ignored does not count).
+            if let Some((version, _)) = e.observed_record() {
+                let v = version.as_str().parse().unwrap_or(0);
+                n.seen_version = n.seen_version.max(v);
+            }
         }
         self.drain(node);
     }
@@ -760,12 +759,9 @@ impl World {
                 overlap: self.object_since.is_some_and(|since| seen < since),
                 token: self.record_since.is_some_and(|since| seen < since),
             };
-            if exempt.token {
-                // Tokens restart with this object: later terms must rise from here.
-                self.last_term = None;
-            }
             self.generations.push(exempt);
             self.object_since = v.as_str().parse().ok();
+
         }
         if matches!(result, Ok(LockResponse::Written(_))) {
             self.nodes[node].write_generation = self.generations.len() - 1;
@@ -874,9 +870,11 @@ impl World {
                 self.terms += 1;
                 let identity = self.nodes[node].identity.clone();
                 // A term on an older object than the last term's (its answer came late) is not
-                // in that object's token sequence.
+                // in that object's token sequence, and tokens restart with an object recreated
+                // by a creator that had not seen the deleted object's last record.
                 if let Some((prev, prev_token, prev_generation)) = &self.last_term
                     && generation >= *prev_generation
+                    && !self.recreated_between(*prev_generation, generation, |e| e.token)
                 {
                     let rose = if prev == &identity {
                         token.0 >= *prev_token
@@ -888,6 +886,7 @@ impl World {
                             previous: (prev.to_string(), *prev_token),
                             next: (identity.to_string(), token.0),
                         });
+                        self.log(node, "VIOLATION: fencing token did not rise");
                     }
                 }
                 self.last_term = Some((identity, token.0, generation));
@@ -968,6 +967,14 @@ impl World {
         }
     }
 
+    /// Whether an object created after generation `a` up to `b` (either order) was recreated
+    /// outside the guarantee in the way `what` picks.
+    fn recreated_between(&self, a: usize, b: usize, what: impl Fn(&Exempt) -> bool) -> bool {
+        self.generations
+            .get(a.min(b) + 1..=a.max(b))
+            .is_some_and(|recreated| recreated.iter().any(what))
+    }
+
     fn check_overlaps(&mut self) {
         self.spans.sort_by_key(|s| (s.start, s.end));
         let mut furthest: Option<usize> = None;
@@ -975,14 +982,7 @@ impl World {
             if let Some(f) = furthest {
                 let (a, b) = (&self.spans[f], &self.spans[i]);
                 // Terms on objects separated by a recreation outside the guarantee.
-                let (lo, hi) = (
-                    a.generation.min(b.generation),
-                    a.generation.max(b.generation),
-                );
-                let exempt = self
-                    .generations
-                    .get(lo + 1..=hi)
-                    .is_some_and(|recreated| recreated.iter().any(|e| e.overlap));
+                let exempt = self.recreated_between(a.generation, b.generation, |e| e.overlap);
                 if b.start < a.end && a.identity != b.identity && !exempt {
                     self.violations.push(Violation::Overlap {
                         first: (a.identity.to_string(), secs(a.start), secs(a.end)),

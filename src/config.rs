@@ -143,7 +143,9 @@ impl Config {
             return Err(ConfigError::ReservedIdentity);
         }
         if rd.as_secs_f64() <= self.jitter * rp.as_secs_f64() {
-            return Err(ConfigError::RenewDeadlineNotAboveConfiguredJitter(self.jitter));
+            return Err(ConfigError::RenewDeadlineNotAboveConfiguredJitter(
+                self.jitter,
+            ));
         }
         let precision = self.time_precision;
         if precision < Duration::from_micros(1) || precision > DEFAULT_TIME_PRECISION {
@@ -248,7 +250,9 @@ pub enum ConfigError {
     /// A leader whose lock stores times at this precision renews at most once per precision
     /// step (so that every renewal changes `renewTime`); the renew deadline must leave room
     /// for that, like client-go's rule for the retry period.
-    #[error("renewDeadline must be greater than timePrecision*1.2 ({0:?}): the lock stores times at that precision")]
+    #[error(
+        "renewDeadline must be greater than timePrecision*1.2 ({0:?}): the lock stores times at that precision"
+    )]
     RenewDeadlineNotAboveTimePrecision(Duration),
     /// The identity MultiLock uses to mean "the locks disagree".
     #[error("identity {UNKNOWN_LEADER:?} is reserved")]
@@ -344,7 +348,11 @@ mod tests {
         );
         c.time_precision = Duration::from_micros(1);
         assert_eq!(c.validate(), Ok(()));
-        for bad in [Duration::ZERO, Duration::from_nanos(999), Duration::from_secs(2)] {
+        for bad in [
+            Duration::ZERO,
+            Duration::from_nanos(999),
+            Duration::from_secs(2),
+        ] {
             c.time_precision = bad;
             assert_eq!(c.validate(), Err(ConfigError::TimePrecision(bad)));
         }

@@ -327,14 +327,11 @@ pub fn simulation(data: &[u8]) {
     scenario.fault_phase = Some(config.lease_duration * (2 + u32::from(b.u8() % 8)));
     let params = scenario.params(b.u64());
     let outcome = sim::run(&params);
-    let unsafe_ = outcome
-        .violations
-        .iter()
-        .any(|v| {
-            !matches!(
-                v,
-                Violation::NoLeaderAfterFaults { .. } | Violation::Unstable { .. }
-            )
-        });
+    let unsafe_ = outcome.violations.iter().any(|v| {
+        !matches!(
+            v,
+            Violation::NoLeaderAfterFaults { .. } | Violation::Unstable { .. }
+        )
+    });
     assert!(!unsafe_, "{outcome}");
 }

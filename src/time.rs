@@ -138,7 +138,9 @@ impl Timestamp {
     /// This time truncated to a multiple of `precision` (at least one microsecond) since the
     /// epoch: what a lock that stores times at that precision keeps of it.
     pub fn truncated_to(self, precision: Duration) -> Timestamp {
-        let unit = i64::try_from(precision.as_micros()).unwrap_or(i64::MAX).max(1);
+        let unit = i64::try_from(precision.as_micros())
+            .unwrap_or(i64::MAX)
+            .max(1);
         Timestamp {
             micros: self.micros.div_euclid(unit) * unit,
         }

@@ -68,7 +68,11 @@ fn renewals_on_a_whole_second_lock_change_the_record_every_time() {
         }
     }
     assert!(h.is_leader(), "renewed throughout");
-    assert!(answers.len() >= 15, "about one renewal a second: {}", answers.len());
+    assert!(
+        answers.len() >= 15,
+        "about one renewal a second: {}",
+        answers.len()
+    );
     assert!(
         answers.iter().all(|(expected, got)| expected != got),
         "no renewal was an API-server no-op"
@@ -82,9 +86,7 @@ fn renewals_on_a_whole_second_lock_change_the_record_every_time() {
         "renewTime strictly increases"
     );
     assert!(
-        renewed
-            .iter()
-            .all(|t| t.unix_micros() % 1_000_000 == 0),
+        renewed.iter().all(|t| t.unix_micros() % 1_000_000 == 0),
         "written at the lock's precision"
     );
     // The renewTime never runs ahead of the wall clock by more than a precision step.
@@ -284,7 +286,11 @@ fn a_missing_namespace_costs_a_few_requests_per_retry_period_not_thousands() {
     assert!(max_ops_within(&h, rp) <= 4, "{}", max_ops_within(&h, rp));
     // Four operations per attempt (read, create, one immediate retry of both), one attempt
     // per jittered retry period: about 150 in 120 s (before: about 2,000 a second).
-    assert!(h.issued.len() <= 240, "{} operations in 120 s", h.issued.len());
+    assert!(
+        h.issued.len() <= 240,
+        "{} operations in 120 s",
+        h.issued.len()
+    );
 }
 
 #[test]

@@ -144,7 +144,9 @@ enum Phase {
         slow_path: bool,
     },
     /// Shut down while leading: waiting for the leader work to stop before releasing.
-    Draining { leader_until: Instant },
+    Draining {
+        leader_until: Instant,
+    },
     /// Releasing: read, then CAS the release record if the lock still names us.
     Releasing {
         /// When the release began: operations issued before it are not release attempts.
@@ -383,7 +385,9 @@ impl Elector {
                     // version: nobody saw a change, so it must not extend anything.
                     let e = LockError::new(
                         LockErrorKind::Other,
-                        format!("the lock answered {version}, the version the write was conditional on: it wrote nothing"),
+                        format!(
+                            "the lock answered {version}, the version the write was conditional on: it wrote nothing"
+                        ),
                     );
                     self.handle_failure(&f, &e);
                 } else {
@@ -709,8 +713,8 @@ impl Elector {
         let next_poll = follow.next_poll;
         let expiry = self.expiry();
         if self.may_acquire(now) || (self.view_outdated && (follow.news || follow.raced)) {
-            let freed_since_attempt = expiry
-                .is_some_and(|at| follow.attempted_at.is_none_or(|attempted| at > attempted));
+            let freed_since_attempt =
+                expiry.is_some_and(|at| follow.attempted_at.is_none_or(|attempted| at > attempted));
             let early = if now >= next_poll {
                 None
             } else if follow.raced && self.may_hurry(Early::LostRace) {

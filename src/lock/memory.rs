@@ -312,7 +312,11 @@ mod tests {
         assert_eq!(lock.get().and_then(|v| v.value.renew_time), at(10_000_000));
         // 0.6 s later, within the same second: the stored object would not change.
         r.renew_time = at(10_800_000);
-        assert_eq!(lock.update(&v1, r.clone()), Ok(v1.clone()), "unchanged version");
+        assert_eq!(
+            lock.update(&v1, r.clone()),
+            Ok(v1.clone()),
+            "unchanged version"
+        );
         r.renew_time = at(11_000_000);
         let v2 = lock.update(&v1, r).expect("a new second is a change");
         assert_ne!(v1, v2);

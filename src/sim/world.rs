@@ -498,7 +498,10 @@ impl World {
                 let step = (self.rng.next_f64() * 3e6) as i64;
                 let step = if self.chance(0.75) { -step } else { step };
                 self.nodes[target].wall_offset += step;
-                self.log(target, &format!("wall clock steps {:+.3}s", step as f64 / 1e6));
+                self.log(
+                    target,
+                    &format!("wall clock steps {:+.3}s", step as f64 / 1e6),
+                );
             }
         }
     }
@@ -761,7 +764,6 @@ impl World {
             };
             self.generations.push(exempt);
             self.object_since = v.as_str().parse().ok();
-
         }
         if matches!(result, Ok(LockResponse::Written(_))) {
             self.nodes[node].write_generation = self.generations.len() - 1;

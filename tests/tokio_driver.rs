@@ -552,9 +552,7 @@ async fn metrics_follow_client_go() {
         .spawn();
     sleep(Duration::from_millis(100)).await;
     // A foreign write (say, a label change) makes the next fast-path renewal conflict.
-    let current = lock.get().expect("exists");
-    lock.update(&current.version, current.value)
-        .expect("current");
+    lock.touch();
     sleep(Duration::from_millis(500)).await;
     assert!(handle.is_leader());
     handle.shutdown().await;

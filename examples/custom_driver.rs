@@ -13,8 +13,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use leasehold::{
-    Action, Config, Elector, Event, Identity, Input, Instant, MemoryLock, Now, StopReason,
-    Timestamp,
+    Action, Config, Elector, Event, Identity, Input, Instant, MemoryLock, Now, Timestamp,
 };
 
 /// The driver's clocks, converted to the core's types once per input.
@@ -55,21 +54,17 @@ impl Node {
                         .handle_input(Input::LockResult { now, op, result });
                 }
                 Action::Emit(event) => {
-                    let stopped_for_shutdown = matches!(
-                        event,
-                        Event::StoppedLeading {
-                            reason: StopReason::Shutdown
-                        }
-                    );
+                    let stopped = matches!(event, Event::StoppedLeading { .. });
                     if !matches!(event, Event::Renewed { .. }) {
                         log.push((
                             clock.now().instant,
                             format!("{}: {}", self.name, describe(&event)),
                         ));
                     }
-                    // This example's "leader work" stops instantly; a real driver would cancel
-                    // it and feed this input once it has returned.
-                    if stopped_for_shutdown {
+                    // After every stop, whatever its reason: this example's "leader work" stops
+                    // instantly; a real driver would cancel it and feed this input once it has
+                    // returned (until then the elector neither contends again nor releases).
+                    if stopped {
                         self.elector
                             .handle_input(Input::LeaderWorkStopped(clock.now()));
                     }

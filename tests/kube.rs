@@ -377,6 +377,64 @@ async fn the_release_record_passes_validation() {
     assert_eq!(stored["spec"]["leaseDurationSeconds"], 1);
 }
 
+/// The API server answers an update that changes nothing with the unchanged version.
+#[tokio::test]
+async fn an_identical_update_is_a_no_op_answered_with_the_unchanged_version() {
+    let server = ApiServer::start().await;
+    let lease = LeaseLock::new(server.client(), NS, "same");
+    let configmap = ConfigMapLock::new(server.client(), NS, "same");
+    for lock in [&lease as &dyn NoOpProbe, &configmap] {
+        lock.probe().await;
+    }
+    assert_eq!(server.no_op_updates(), 2);
+}
+
+trait NoOpProbe {
+    fn probe(&self) -> futures_util::future::BoxFuture<'_, ()>;
+}
+
+impl<L: Lock> NoOpProbe for L {
+    fn probe(&self) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let v1 = self.create(record("baz")).await.expect("created");
+            let v2 = self
+                .update(v1.clone(), record("baz"))
+                .await
+                .expect("current");
+            assert_eq!(
+                v1,
+                v2,
+                "{}: nothing changed, nothing written",
+                self.describe()
+            );
+        })
+    }
+}
+
+/// Renewals every 200 ms on a lock that keeps whole seconds, with the wall clock frozen: every
+/// renewal still changes the stored object, so none is an API-server no-op, and the leader
+/// keeps leading.
+#[tokio::test]
+async fn renewals_on_an_annotation_lock_are_never_no_ops() {
+    let server = ApiServer::start().await;
+    let lock = ConfigMapLock::new(server.client(), NS, "coarse");
+    let mut config = Config::new(id("baz"));
+    config.lease_duration = Duration::from_secs(2);
+    config.renew_deadline = Duration::from_millis(1500);
+    config.retry_period = Duration::from_millis(200);
+    config.time_precision = lock.time_precision();
+    assert_eq!(config.time_precision, Duration::from_secs(1));
+    let run = run_elector_with(config, &lock, 10, false).await;
+    assert!(run.leading);
+    let renewals = run
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Renewed { .. }))
+        .count();
+    assert!(renewals >= 8, "about one a second: {renewals}");
+    assert_eq!(server.no_op_updates(), 0);
+}
+
 #[tokio::test]
 async fn the_elector_leads_through_a_lease_lock() {
     let server = ApiServer::start().await;

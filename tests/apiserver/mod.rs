@@ -10,7 +10,9 @@
 //!   `watch=true` (newline-delimited watch events from `resourceVersion` on, history replayed,
 //!   then live), POST (create: 409 `AlreadyExists` if present), PUT (replace: 404 if absent,
 //!   409 `Conflict` if `metadata.resourceVersion` is stale; without one it is unconditional, as
-//!   Kubernetes does), DELETE, and PATCH for events.
+//!   Kubernetes does; an update that leaves the object as stored is a no-op answered with the
+//!   unchanged `resourceVersion` and no watch event, as the API server's `GuaranteedUpdate`
+//!   does), DELETE, and PATCH for events.
 //! * `resourceVersion`: one counter for the whole server, bumped by every write; objects get a
 //!   `uid` and `creationTimestamp` on create.
 //! * Validation: a Lease whose `spec.leaseDurationSeconds` is not positive is refused with 422,
@@ -111,6 +113,8 @@ struct State {
     faults: Faults,
     requests: Vec<String>,
     served: u64,
+    /// Updates that changed nothing (answered with the unchanged version).
+    no_op_updates: u64,
 }
 
 struct Shared {
@@ -246,6 +250,11 @@ impl ApiServer {
     /// Closes the connection of the next `n` requests without answering.
     pub fn drop_next(&self, n: u32) {
         self.state().faults.drop_next += n;
+    }
+
+    /// How many updates changed nothing and were answered with the unchanged version.
+    pub fn no_op_updates(&self) -> u64 {
+        self.state().no_op_updates
     }
 
     /// Every request served so far, as "METHOD path?query".
@@ -632,10 +641,20 @@ async fn handle(
             if let Some(invalid) = validate(kind, &object, &name) {
                 return Ok(invalid);
             }
-            st.resource_version += 1;
-            let rv = st.resource_version;
             object["metadata"]["uid"] = uid;
             object["metadata"]["creationTimestamp"] = created;
+            // The API server writes nothing for an update that leaves the stored object as it
+            // is (etcd3 store, GuaranteedUpdate): 200 with the unchanged resourceVersion, no
+            // watch event.
+            let current_rv: u64 = current_rv.parse().unwrap_or(0);
+            let mut unchanged = object.clone();
+            stamp(&mut unchanged, kind, &namespace, &name, current_rv);
+            if Some(&unchanged) == st.objects.get(&key) {
+                st.no_op_updates += 1;
+                return Ok(respond(StatusCode::OK, &unchanged));
+            }
+            st.resource_version += 1;
+            let rv = st.resource_version;
             stamp(&mut object, kind, &namespace, &name, rv);
             st.commit(key, "MODIFIED", object.clone());
             respond(StatusCode::OK, &object)

@@ -282,3 +282,27 @@ fn safe_and_paced_with_each_lock_fault() {
         }
     }
 }
+
+/// The liveness checker is not vacuous: with a store that refuses every renewal, leaders lose
+/// their terms one after another, and the run is reported, even with no other fault.
+#[test]
+fn leaders_that_cannot_renew_fail_the_liveness_check() {
+    let mut scenario = Scenario::new(short());
+    scenario.faults = false;
+    let mut reported = 0;
+    for seed in 0..20 {
+        let mut params = scenario.params(seed);
+        params.renewals_conflict = true;
+        let outcome = sim::run(&params);
+        assert!(
+            outcome.violations.iter().all(|v| matches!(
+                v,
+                Violation::Unstable { .. } | Violation::NoLeaderAfterFaults { .. }
+            )),
+            "only liveness fails: {outcome}"
+        );
+        assert!(outcome.terms > 3, "terms keep ending: {outcome}");
+        reported += usize::from(!outcome.ok());
+    }
+    assert_eq!(reported, 20);
+}

@@ -224,6 +224,7 @@ impl Scenario {
             foreign_write_every,
             missing_namespace,
             wall_step_every,
+            renewals_conflict: false,
             elector,
             nodes,
             clock_rate_ratio,
@@ -295,6 +296,10 @@ pub struct Params {
     pub missing_namespace: bool,
     /// Mean time between steps of a node's wall clock (up to 3 s, mostly back).
     pub wall_step_every: Option<Duration>,
+    /// A broken store: every renewal (an update of a record that names the writer) answers
+    /// Conflict, in both phases. Never derived from a seed: leaders cannot stay leaders, so
+    /// the liveness checker must report the run. Set it to see that it does.
+    pub renewals_conflict: bool,
 }
 
 impl Params {

@@ -751,6 +751,11 @@ impl World {
                 LockErrorKind::NotFound,
                 "namespaces \"sim\" not found",
             ))
+        } else if self.p.renewals_conflict && self.is_renewal(node, request) {
+            Err(LockError::new(
+                LockErrorKind::Conflict,
+                "renewals are refused",
+            ))
         } else {
             self.lock.execute(request)
         };
@@ -788,6 +793,13 @@ impl World {
                 result,
             },
         );
+    }
+
+    /// Whether `request` renews a record that names `node`.
+    fn is_renewal(&self, node: usize, request: &LockRequest) -> bool {
+        let me = &self.nodes[node].identity;
+        matches!(request, LockRequest::Update { record, .. } if record.is_held_by(me))
+            && self.lock.get().is_some_and(|v| v.value.is_held_by(me))
     }
 
     /// The versions checker, after every change of the stored object.

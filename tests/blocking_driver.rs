@@ -339,3 +339,49 @@ fn shutdown_waits_for_the_leader_work() {
     handle.shutdown();
     assert!(done.load(Ordering::SeqCst));
 }
+
+/// Re-contending after a loss: the next term starts only after the last term's work returned,
+/// even when that work ignores its stop signal for a while.
+#[test]
+fn a_recontending_driver_never_runs_two_terms_work_at_once() {
+    let lock = MemoryLock::new();
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let terms = Arc::new(AtomicUsize::new(0));
+    let config = Config {
+        after_loss: leasehold::AfterLoss::Recontend,
+        ..fast("a")
+    };
+    let (r, m, t) = (running.clone(), most.clone(), terms.clone());
+    let handle = LeaderElector::builder(config, lock.clone())
+        .on_started_leading(move |leader| {
+            t.fetch_add(1, Ordering::SeqCst);
+            let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+            m.fetch_max(now, Ordering::SeqCst);
+            leader.stop.wait();
+            sleep(Duration::from_millis(800)); // slow to stop
+            r.fetch_sub(1, Ordering::SeqCst);
+        })
+        .on_stopped_leading(|| {})
+        .seed(3)
+        .build()
+        .expect("valid")
+        .spawn();
+    let handles = [handle];
+    until(&handles, Duration::from_secs(1), |l| l.is_some());
+    // Someone takes the lock and hands it straight back (a released record).
+    let current = lock.get().expect("exists");
+    let mut taken = current.value.clone();
+    taken.holder = Some(id("intruder"));
+    taken.leader_transitions += 1;
+    let v = lock.update(&current.version, taken).expect("current");
+    let mut released = lock.get().expect("exists").value;
+    released.holder = None;
+    lock.update(&v, released).expect("current");
+    until(&handles, Duration::from_secs(3), |l| l.is_none());
+    until(&handles, Duration::from_secs(5), |l| l.is_some());
+    assert_eq!(terms.load(Ordering::SeqCst), 2);
+    assert_eq!(most.load(Ordering::SeqCst), 1, "never two works at once");
+    let [handle] = handles;
+    handle.shutdown();
+}

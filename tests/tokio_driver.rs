@@ -566,3 +566,56 @@ async fn metrics_follow_client_go() {
     );
     assert_eq!(log.last().map(String::as_str), Some("off ns/ctl"));
 }
+
+/// Re-contending after a loss: the next term starts only after the last term's work returned,
+/// even when that work ignores its cancellation for a while (before: two works at once, both
+/// with fencing token 0).
+#[tokio::test(start_paused = true)]
+async fn a_recontending_driver_never_runs_two_terms_work_at_once() {
+    let lock = MemoryLock::new();
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let terms = Arc::new(AtomicUsize::new(0));
+    let config = Config {
+        after_loss: AfterLoss::Recontend,
+        ..fast("a")
+    };
+    let (r, m, t) = (running.clone(), most.clone(), terms.clone());
+    let handle = LeaderElector::builder(config, lock.clone())
+        .on_started_leading(move |leader| {
+            let (r, m) = (r.clone(), m.clone());
+            t.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                leader.cancel.cancelled().await;
+                // Slow to stop: three more seconds after the term ended.
+                sleep(Duration::from_secs(3)).await;
+                r.fetch_sub(1, Ordering::SeqCst);
+            }
+        })
+        .on_stopped_leading(|| {})
+        .seed(7)
+        .build()
+        .expect("valid")
+        .spawn();
+    sleep(Duration::from_millis(100)).await;
+    assert!(handle.is_leader());
+    // Someone takes the lock and hands it straight back (a released record).
+    let current = lock.get().expect("exists");
+    let mut taken = current.value.clone();
+    taken.holder = Some(id("intruder"));
+    taken.leader_transitions += 1;
+    let v = lock.update(&current.version, taken).expect("current");
+    let mut released = lock.get().expect("exists").value;
+    released.holder = None;
+    lock.update(&v, released).expect("current");
+    // The renewal finds the lock taken; the work takes 3 s to stop; only then a new term.
+    sleep(Duration::from_secs(2)).await;
+    assert!(!handle.is_leader(), "no new term while the old work runs");
+    sleep(Duration::from_secs(3)).await;
+    assert!(handle.is_leader(), "contends again once the work returned");
+    assert_eq!(terms.load(Ordering::SeqCst), 2);
+    assert_eq!(most.load(Ordering::SeqCst), 1, "never two works at once");
+    handle.shutdown().await;
+}

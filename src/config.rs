@@ -75,9 +75,10 @@ pub struct Config {
     pub coordinated: bool,
     /// The finest step of time the lock stores in `renewTime` and `acquireTime`: 1 µs for a
     /// Lease and the in-memory lock, 1 s for the Endpoints and ConfigMap annotation locks.
-    /// Every record the elector writes differs from the one it replaces at this precision
-    /// (`renewTime` strictly increases), so no write of the elector can be an API-server no-op
-    /// and no renewal can look unchanged to a follower. The drivers set it from the lock;
+    /// Every record the elector writes differs from the one it replaces at this precision (a
+    /// renewal's `renewTime` strictly increases; takeovers and releases change the holder), so
+    /// no write of the elector can be an API-server no-op and no renewal can look unchanged
+    /// to a follower. The drivers set it from the lock;
     /// the default, 1 s, is right for every lock.
     pub time_precision: Duration,
 }

@@ -94,19 +94,27 @@
 //! `t_o >= t_c >= t_i` and then waited until its clock advanced LD: B starts no earlier than
 //! `t_i + LD / r_B`. (B dates an observation by the first receipt of its *record*, not its
 //! version. That receipt is of W or of a later write that left W's record alone, never of an
-//! earlier write, because no write repeats an earlier record: every renewal moves `renewTime`
-//! forward, every change of holder raises `leaderTransitions`.) The terms
+//! earlier write, because no write of an elector repeats an earlier record of the lock: a
+//! renewal moves `renewTime` forward at the lock's precision, a takeover or a creation raises
+//! `leaderTransitions` above every value the elector has seen or written, and a release names
+//! no holder with the transitions of the term it ends, which no other release shares.) The terms
 //! are disjoint when `LD / r_B >= RD / r_A`, that is when `r_B / r_A <= LD / RD`, which the
 //! assumption guarantees for every pair. Latency only delays `t_o`: it costs liveness, never
 //! safety. A released lock is no exception: the release record is written after the term ended.
-//! Nor is a deleted lock, for a follower that saw it present: A's last write preceded the
-//! deletion, which preceded B's sight of the absence, and B waits LD from that sight before it
-//! creates the lock.
+//! Nor is a deleted lock, recreated by a follower that saw the deleted object present: A's last
+//! write preceded the deletion, which preceded B's sight of the absence (by a read), and B
+//! waits LD from that sight before it creates the lock.
 //!
-//! What stays outside the guarantee: a lock deleted before any running candidate saw it
-//! present (a candidate that never saw it creates it at once, and its fencing token starts
-//! again from 0), and foreign writers whose writes do not change the record (client-go's
-//! annotation-lock renewals within one wall-clock second are API-server no-ops).
+//! What stays outside the guarantee:
+//!
+//! * a lock object recreated by a candidate that never saw the deleted object (it creates the
+//!   lock at once; a leader of the deleted object may still lead until its term ends, and the
+//!   new fencing tokens start again from 0, or from the last value that candidate saw);
+//! * a deletion when candidates use different lease durations and the follower never saw the
+//!   record of a holder whose lease is longer than its own and the last one it saw;
+//! * foreign writers whose writes do not change the record (client-go's annotation-lock
+//!   renewals within one wall-clock second are API-server no-ops), and watch streams that
+//!   replay older records after newer ones (that delays failover, never safety).
 //!
 //! The derived numbers are on [`Config`]: [`Config::tolerated_clock_rate_ratio`] (1.5 by
 //! default) and [`Config::failover_bound`]. client-go's leader keeps leading until its last

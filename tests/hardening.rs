@@ -413,3 +413,109 @@ fn foreign_writes_to_the_object_do_not_keep_a_dead_leader_alive() {
         h.now
     );
 }
+
+// ---- errors are visible --------------------------------------------------------------------
+
+#[test]
+fn a_follower_that_cannot_read_the_lock_fails_its_health_check() {
+    let mut h = Harness::new(config());
+    let tolerance = Duration::from_secs(20);
+    while h.now < secs(40) {
+        if h.pending.is_some() {
+            h.answer(failed(LockErrorKind::Unauthorized));
+        } else {
+            h.wake();
+        }
+    }
+    let (error, times) = h.elector.last_error().expect("an error");
+    assert_eq!(error.kind, LockErrorKind::Unauthorized);
+    assert!(times >= 10, "{times}");
+    let report = h.elector.check(h.now, tolerance).expect_err("unhealthy");
+    assert!(report.contains("unauthorized"), "{report}");
+    // One answer and it is healthy again, the error gone.
+    while h.pending.is_none() {
+        h.wake();
+    }
+    h.answer(absent());
+    assert_eq!(h.elector.last_error(), None);
+    assert_eq!(h.elector.check(h.now, tolerance), Ok(()));
+}
+
+#[test]
+fn a_stale_work_stopped_report_does_not_disarm_the_wait_for_the_work() {
+    let mut h = Harness::new(recontend());
+    h.answer(absent());
+    h.answer(written("1"));
+    assert!(h.is_leader());
+    h.input(Input::LeaderWorkStopped(h.now())); // stale: the work still runs
+    h.advance_to(secs(2));
+    h.answer(failed(LockErrorKind::Conflict));
+    h.answer(found("3", record("bing", 10)));
+    assert!(h.events.contains(&Event::StoppedLeading {
+        reason: StopReason::LockTaken(Some(id("bing")))
+    }));
+    // The lock is released at once; the old term's work has not been reported stopped.
+    h.input(Input::Observed {
+        now: h.now(),
+        record: Some(versioned("4", LeaderElectionRecord::default())),
+    });
+    assert!(h.pending.is_none(), "no write while the work may run");
+    h.input(Input::LeaderWorkStopped(h.now()));
+    h.advance_by(Duration::from_secs(5));
+    while h.pending.is_some() {
+        let r = h.request().clone();
+        match r {
+            LockRequest::Get => h.answer(found("4", LeaderElectionRecord::default())),
+            _ => h.answer(written("5")),
+        }
+    }
+    assert!(h.is_leader());
+}
+
+#[test]
+fn a_recreation_never_repeats_a_write_whose_answer_was_lost() {
+    // The takeover write landed but its answer was lost; then the lock was deleted. The
+    // recreation must not write the same record (transitions 5) again.
+    let mut h = Harness::new(config());
+    let mut held = record("bing", 10);
+    held.leader_transitions = 4;
+    h.answer(found("1", held));
+    h.advance_to(secs(10));
+    if h.pending.is_none() {
+        h.wake();
+    }
+    assert!(
+        matches!(h.request(), LockRequest::Update { record, .. } if record.leader_transitions == 5)
+    );
+    h.answer(failed(LockErrorKind::Timeout));
+    while h.now < secs(60) {
+        match h.pending.as_ref().map(|p| p.request.clone()) {
+            Some(LockRequest::Create(record)) => {
+                assert_eq!(record.leader_transitions, 6);
+                return;
+            }
+            Some(_) => h.answer(absent()),
+            None => h.wake(),
+        }
+    }
+    panic!("no recreation within 60 s");
+}
+
+#[test]
+fn no_busy_loop_at_the_end_of_time() {
+    let now = Now::new(Instant::MAX, Timestamp::UNIX_EPOCH);
+    let mut e = Elector::new(config(), now, 1).expect("valid");
+    let mut ops = 0;
+    for _ in 0..50 {
+        while let leasehold::Action::Lock { op, .. } = e.poll_action() {
+            ops += 1;
+            e.handle_input(Input::LockResult {
+                now,
+                op,
+                result: Ok(LockResponse::Record(None)),
+            });
+        }
+        e.handle_input(Input::Timeout(now));
+    }
+    assert!(ops <= MAX_OPS_PER_RETRY_PERIOD, "{ops}");
+}

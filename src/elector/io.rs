@@ -58,7 +58,8 @@ pub enum Input {
     },
     /// The work guarded by leadership has stopped after an [`Event::StoppedLeading`]; the
     /// elector may now start another term, or release the lock after a shutdown (see
-    /// [`crate::Config::release_on_cancel`]). Harmless at any other time.
+    /// [`crate::Config::release_on_cancel`]). Ignored unless a stop awaits it, so a stale or
+    /// duplicate report cannot release the lock or start a term while the work still runs.
     LeaderWorkStopped(Now),
     /// Stop: step down if leading, release if configured, then finish.
     Shutdown(Now),

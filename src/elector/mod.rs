@@ -11,7 +11,9 @@
 //!   *Writes*). Record timestamps are never used for decisions, only their change.
 //! * **Writes.** Every record the elector writes differs from the one it replaces at the lock's
 //!   time precision ([`Config::time_precision`](crate::Config#structfield.time_precision)):
-//!   times are truncated to it and `renewTime` strictly increases. So no write can be an API
+//!   times are truncated to it, a renewal's `renewTime` strictly increases, takeovers and
+//!   creations raise `leaderTransitions` above any value seen or written, releases drop the
+//!   holder. So no write can be an API
 //!   server no-op, and no renewal can look unchanged. A write answered with the version it was
 //!   conditional on changed nothing: it counts as a failure and anchors nothing.
 //! * **Expiry.** For a follower the lock is free when it names no holder, or at
@@ -113,15 +115,21 @@ pub struct Elector {
     /// A write conditional on the view lost a race: the store has moved on, so read before
     /// writing again.
     view_outdated: bool,
-    /// The highest `leaderTransitions` seen on the lock (a stale watch event may show a lower
-    /// one after a higher): a recreated lock continues from it, so fencing tokens keep rising.
+    /// The highest `leaderTransitions` seen on the lock or written to it (a stale watch event
+    /// may show a lower one after a higher; a write whose answer was lost may have landed): a
+    /// recreated lock continues from it, so fencing tokens keep rising.
     transitions_seen: Option<u32>,
-    /// A term started and its leader work has not been reported stopped. INVARIANT: while
-    /// set, no new term starts and no release is written.
-    work_running: bool,
+    /// The leader work of the last term. INVARIANT: unless idle, no new term starts and no
+    /// release is written.
+    work: Work,
     /// When an operation was last brought forward of its schedule, for each cause.
     /// INVARIANT: at most once per `retry_period` for each.
     hurried_at: [Option<Instant>; 2],
+    /// The last instant the lock answered (a result other than a failure, a lost race, or an
+    /// observation): how long the elector has been cut off, for [`Elector::check`].
+    last_contact: Instant,
+    /// The last failure and how many failures in a row led to it; cleared by any contact.
+    last_failure: Option<(LockError, u64)>,
     /// The holder last reported with [`Event::NewLeader`].
     reported_leader: Option<Identity>,
     next_op: u64,
@@ -169,6 +177,17 @@ struct Follow {
     news: bool,
     /// The last attempt lost a race: retry at once.
     raced: bool,
+}
+
+/// The leader work, as the elector knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Work {
+    /// None runs.
+    Idle,
+    /// A term started it.
+    Running,
+    /// The term ended ([`Event::StoppedLeading`]); the driver has not yet reported it stopped.
+    Stopping,
 }
 
 /// Why an operation is brought forward of its schedule. Each cause may do so once per
@@ -230,7 +249,9 @@ impl Elector {
             view: View::Unread,
             view_outdated: false,
             transitions_seen: None,
-            work_running: false,
+            last_contact: now.instant,
+            last_failure: None,
+            work: Work::Idle,
             hurried_at: [None; 2],
             reported_leader: None,
             next_op: 0,
@@ -256,16 +277,25 @@ impl Elector {
         match input {
             Input::Timeout(_) => {}
             Input::LockResult { op, result, .. } => match self.in_flight.take() {
-                Some(f) if f.op == op => self.handle_result(f, result),
+                Some(f) if f.op == op => {
+                    self.note_answer(&result);
+                    self.handle_result(f, result);
+                }
                 other => self.in_flight = other,
             },
-            Input::Observed { record, .. } => self.handle_observed(record),
-            Input::LeaderWorkStopped(_) => {
-                self.work_running = false;
+            Input::Observed { record, .. } => {
+                self.note_answer(&Ok(LockResponse::Record(None)));
+                self.handle_observed(record);
+            }
+            // Only an acknowledgement of a stop counts: a stale or duplicate report during a
+            // term must not disarm the wait for that term's work.
+            Input::LeaderWorkStopped(_) if self.work == Work::Stopping => {
+                self.work = Work::Idle;
                 if matches!(self.phase, Phase::Draining { .. }) {
                     self.start_release();
                 }
             }
+            Input::LeaderWorkStopped(_) => {}
             Input::Shutdown(_) => self.handle_shutdown(),
         }
         self.drive();
@@ -343,27 +373,50 @@ impl Elector {
         self.slow_path_renewals
     }
 
-    /// client-go's healthz `Check`: an error when the last observed record names this candidate
-    /// and was last seen to change more than `lease_duration + max_tolerable_expired` before
-    /// `now`, which means the process is wedged and should be restarted. Followers are healthy.
+    /// The last failed lock operation and how many failed in a row, until the lock answers
+    /// again (a lost race counts as an answer: someone else wrote first).
+    pub fn last_error(&self) -> Option<(&LockError, u64)> {
+        self.last_failure.as_ref().map(|(e, n)| (e, *n))
+    }
+
+    /// client-go's healthz `Check`, made stricter: an error when the last observed record names
+    /// this candidate and was last seen to change more than `lease_duration +
+    /// max_tolerable_expired` before `now` (a wedged leader, client-go's rule), and also when
+    /// the lock has not answered at all for that long (a candidate that cannot even read it,
+    /// which client-go reports healthy). Restarting such a process is the usual remedy.
     ///
     /// # Errors
-    /// A message naming the lock when the check fails.
+    /// A message naming the lock and, for a lock that does not answer, the last error.
     pub fn check(&self, now: Instant, max_tolerable_expired: Duration) -> Result<(), String> {
-        let Some(o) = self.view.present() else {
-            return Ok(());
-        };
-        if !o.record.is_held_by(&self.config.identity) {
+        if matches!(self.phase, Phase::Finished) {
             return Ok(());
         }
         let limit = self
             .config
             .lease_duration
             .saturating_add(max_tolerable_expired);
-        if now.saturating_duration_since(o.observed_at) > limit {
+        let wedged = self.view.present().is_some_and(|o| {
+            o.record.is_held_by(&self.config.identity)
+                && now.saturating_duration_since(o.observed_at) > limit
+        });
+        if wedged {
             return Err(format!(
                 "failed election to renew leadership on lease {}",
                 self.config.name
+            ));
+        }
+        let silent = now.saturating_duration_since(self.last_contact);
+        if silent > limit {
+            let why = self
+                .last_failure
+                .as_ref()
+                .map_or_else(String::new, |(e, n)| {
+                    format!(": {e} ({n} failures in a row)")
+                });
+            return Err(format!(
+                "no answer from the lock {} for {:.1}s{why}",
+                self.config.name,
+                silent.as_secs_f64()
             ));
         }
         Ok(())
@@ -374,6 +427,21 @@ impl Elector {
     fn advance(&mut self, now: Now) {
         self.now = self.now.max(now.instant);
         self.wall = now.wall;
+    }
+
+    /// Keeps track of whether the lock answers, for [`Elector::check`] and
+    /// [`Elector::last_error`].
+    fn note_answer(&mut self, result: &LockResult) {
+        match result {
+            Err(e) if !e.kind.is_lost_race() => {
+                let n = self.last_failure.as_ref().map_or(0, |(_, n)| *n);
+                self.last_failure = Some((e.clone(), n + 1));
+            }
+            _ => {
+                self.last_contact = self.now;
+                self.last_failure = None;
+            }
+        }
     }
 
     fn handle_result(&mut self, f: InFlight, result: LockResult) {
@@ -416,7 +484,7 @@ impl Elector {
         match (&self.phase, seen) {
             // Part of an attempt: write now if the lock is free, else wait.
             (Phase::Following(_), _) => {
-                if !self.work_running && self.may_acquire(now) {
+                if self.work == Work::Idle && self.may_acquire(now) {
                     self.acquire();
                 }
             }
@@ -465,7 +533,7 @@ impl Elector {
         match &mut self.phase {
             Phase::Following(_) => {
                 // INVARIANT: a follower writes only while no term's work runs (see `drive`).
-                if now < leader_until && !self.work_running {
+                if now < leader_until && self.work == Work::Idle {
                     let token = FencingToken(u64::from(lease.value.leader_transitions));
                     self.phase = Phase::Leading {
                         lease,
@@ -474,7 +542,7 @@ impl Elector {
                         next_renew,
                         slow_path: false,
                     };
-                    self.work_running = true;
+                    self.work = Work::Running;
                     self.emit(Event::StartedLeading {
                         token,
                         leader_until,
@@ -604,6 +672,7 @@ impl Elector {
         match &self.phase {
             Phase::Leading { leader_until, .. } => {
                 let leader_until = *leader_until;
+                self.work = Work::Stopping;
                 self.emit(Event::StoppedLeading {
                     reason: StopReason::Shutdown,
                 });
@@ -618,7 +687,7 @@ impl Elector {
                 // answer was lost): with release configured it reads and releases that too.
                 // Not while an earlier term's work still runs: that term has ended, and a
                 // release could start a successor alongside it. The lease expires instead.
-                if self.config.release_on_cancel && !self.work_running {
+                if self.config.release_on_cancel && self.work == Work::Idle {
                     self.start_release();
                 } else {
                     self.phase = Phase::Finished;
@@ -641,6 +710,7 @@ impl Elector {
                 LockErrorKind::Timeout,
                 format!("{} did not answer before its deadline", f.op),
             );
+            self.note_answer(&Err(e.clone()));
             self.handle_failure(&f, &e);
         }
         match &self.phase {
@@ -662,7 +732,9 @@ impl Elector {
     fn drive(&mut self) {
         self.run_timers();
         let now = self.now;
-        if self.in_flight.is_some() {
+        // At the end of time (some 584 years of uptime) an operation's deadline would equal its
+        // issue instant and every input would time it out: issue nothing rather than spin.
+        if self.in_flight.is_some() || now + self.config.operation_timeout() == Instant::MAX {
             return;
         }
         match &self.phase {
@@ -706,7 +778,7 @@ impl Elector {
     /// expires if that comes first (always, when watching). `None` while the last term's work
     /// still runs.
     fn follower_due(&self, follow: &Follow) -> Option<(Instant, WakeReason, Option<Early>)> {
-        if self.work_running {
+        if self.work != Work::Idle {
             return None;
         }
         let now = self.now;
@@ -851,6 +923,7 @@ impl Elector {
     }
 
     fn stop_leading(&mut self, reason: StopReason) {
+        self.work = Work::Stopping;
         self.emit(Event::StoppedLeading { reason });
         match self.config.after_loss {
             AfterLoss::Finish => self.phase = Phase::Finished,
@@ -873,8 +946,7 @@ impl Elector {
     fn observe(&mut self, seen: Option<Versioned<LeaderElectionRecord>>) {
         let view = std::mem::take(&mut self.view);
         if let Some(seen) = &seen {
-            let t = seen.value.leader_transitions;
-            self.transitions_seen = Some(self.transitions_seen.map_or(t, |max| max.max(t)));
+            self.note_transitions(seen.value.leader_transitions);
         }
         self.view = view.seen(seen, self.now, self.config.lease_duration);
         self.view_outdated = false;
@@ -883,6 +955,10 @@ impl Elector {
             self.reported_leader.clone_from(&holder);
             self.emit(Event::NewLeader(holder));
         }
+    }
+
+    fn note_transitions(&mut self, t: u32) {
+        self.transitions_seen = Some(self.transitions_seen.map_or(t, |max| max.max(t)));
     }
 
     // ---- records ------------------------------------------------------------------------
@@ -976,6 +1052,11 @@ impl Elector {
         let op = OpId(self.next_op);
         self.next_op += 1;
         let deadline = (now + self.config.operation_timeout()).min(bound);
+        if let LockRequest::Create(r) | LockRequest::Update { record: r, .. } = &request {
+            // A write whose answer is lost may still have landed: a recreation must not repeat
+            // its record (nor its fencing token).
+            self.note_transitions(r.leader_transitions);
+        }
         let write = match &request {
             LockRequest::Get => None,
             LockRequest::Create(record) => Some(self.write(record, None)),

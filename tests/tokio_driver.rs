@@ -619,3 +619,193 @@ async fn a_recontending_driver_never_runs_two_terms_work_at_once() {
     assert_eq!(most.load(Ordering::SeqCst), 1, "never two works at once");
     handle.shutdown().await;
 }
+
+/// A lock that refuses everything, as an API server does without RBAC.
+struct Refusing;
+
+impl Lock for Refusing {
+    async fn get(&self) -> Result<leasehold::lock::Sighting, leasehold::LockError> {
+        Err(refused())
+    }
+    async fn create(
+        &self,
+        _: leasehold::LeaderElectionRecord,
+    ) -> Result<leasehold::Version, leasehold::LockError> {
+        Err(refused())
+    }
+    async fn update(
+        &self,
+        _: leasehold::Version,
+        _: leasehold::LeaderElectionRecord,
+    ) -> Result<leasehold::Version, leasehold::LockError> {
+        Err(refused())
+    }
+    fn describe(&self) -> String {
+        "refusing".into()
+    }
+}
+
+fn refused() -> leasehold::LockError {
+    leasehold::LockError::new(
+        leasehold::LockErrorKind::Unauthorized,
+        "leases.coordination.k8s.io \"x\" is forbidden",
+    )
+}
+
+/// A leader work that panics ends the term at once: the driver steps down, releases, calls
+/// `on_stopped_leading`, reports the panic on the handle, and finishes (before: it kept
+/// renewing forever with no work running).
+#[tokio::test(start_paused = true)]
+async fn a_panicking_leader_work_ends_the_term_and_releases() {
+    let lock = MemoryLock::new();
+    let stopped = Arc::new(AtomicUsize::new(0));
+    let s = stopped.clone();
+    let handle = LeaderElector::builder(fast("a"), lock.clone())
+        .on_started_leading(|_| async { panic!("the work broke") })
+        .on_stopped_leading(move || {
+            s.fetch_add(1, Ordering::SeqCst);
+        })
+        .build()
+        .expect("valid")
+        .spawn();
+    tokio::time::timeout(Duration::from_secs(5), handle.finished())
+        .await
+        .expect("finishes by itself");
+    assert_eq!(stopped.load(Ordering::SeqCst), 1);
+    let state = handle.state().borrow().clone();
+    assert_eq!(state.work_panicked.as_deref(), Some("the work broke"));
+    assert_eq!(state.role, Role::Finished);
+    let record = lock.get().expect("exists").value;
+    assert_eq!(record.holder, None, "released");
+}
+
+/// Dropping the handle steps down and releases; the elector stops writing (before: it ran on
+/// forever, renewing).
+#[tokio::test(start_paused = true)]
+async fn dropping_the_handle_steps_down_and_releases() {
+    let lock = MemoryLock::new();
+    let log = Log::default();
+    let handle = spawn(fast("a"), lock.clone(), &log);
+    sleep(Duration::from_millis(100)).await;
+    assert!(handle.is_leader());
+    drop(handle);
+    sleep(Duration::from_millis(100)).await;
+    let released = lock.get().expect("exists");
+    assert_eq!(released.value.holder, None);
+    sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        lock.get().expect("exists").version,
+        released.version,
+        "no more writes"
+    );
+    assert_eq!(log.count("a stopped"), 1);
+}
+
+/// A detached handle leaves the elector running.
+#[tokio::test(start_paused = true)]
+async fn a_detached_elector_runs_on() {
+    let lock = MemoryLock::new();
+    let log = Log::default();
+    spawn(fast("a"), lock.clone(), &log).detach();
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(lock.get().expect("exists").value.holder, Some(id("a")));
+}
+
+/// `finished` borrows the handle, so it can race a signal in `select!`, and after a loss in
+/// one-shot mode it returns only once the leader work has stopped.
+#[tokio::test(start_paused = true)]
+async fn finished_waits_for_the_work_and_leaves_the_handle_usable() {
+    let lock = MemoryLock::new();
+    let work_done = Arc::new(AtomicUsize::new(0));
+    let w = work_done.clone();
+    let handle = LeaderElector::builder(fast("a"), lock.clone())
+        .on_started_leading(move |leader| {
+            let w = w.clone();
+            async move {
+                leader.cancel.cancelled().await;
+                sleep(Duration::from_millis(150)).await; // tidying up
+                w.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .on_stopped_leading(|| {})
+        .build()
+        .expect("valid")
+        .spawn();
+    sleep(Duration::from_millis(100)).await;
+    // Someone takes the lock: one-shot mode finishes after the loss.
+    let current = lock.get().expect("exists");
+    let mut taken = current.value;
+    taken.holder = Some(id("b"));
+    taken.leader_transitions += 1;
+    lock.update(&current.version, taken).expect("current");
+    tokio::select! {
+        () = handle.finished() => {}
+        () = sleep(Duration::from_secs(30)) => panic!("not finished"),
+    }
+    assert_eq!(work_done.load(Ordering::SeqCst), 1, "the work had stopped");
+    assert!(handle.is_finished());
+    handle.shutdown().await; // still usable, and harmless now
+}
+
+/// Work that ignores its cancellation: shutdown returns at the end of the term (the release is
+/// given up), not a renew deadline later.
+#[tokio::test(start_paused = true)]
+async fn shutdown_returns_at_the_end_of_the_term_when_the_work_ignores_it() {
+    let lock = MemoryLock::new();
+    let handle = LeaderElector::builder(fast("a"), lock.clone())
+        .on_started_leading(|_| async { sleep(Duration::from_secs(3600)).await })
+        .on_stopped_leading(|| {})
+        .build()
+        .expect("valid")
+        .spawn();
+    sleep(Duration::from_millis(100)).await;
+    let until = handle.state().borrow().leader_until.expect("leading");
+    let start = Instant::now();
+    handle.shutdown().await;
+    let took = start.elapsed();
+    assert!(
+        Instant::from_std(until) <= Instant::now() + Duration::from_millis(1),
+        "waited for the term's end"
+    );
+    assert!(took <= Duration::from_millis(1600), "{took:?}");
+}
+
+/// Errors are on the handle: the last one and how many in a row, and the health check fails
+/// for a candidate that cannot read the lock (before: nothing anywhere).
+#[tokio::test(start_paused = true)]
+async fn errors_are_visible_on_the_handle() {
+    let handle = LeaderElector::builder(fast("a"), Refusing)
+        .on_started_leading(|_| async {})
+        .on_stopped_leading(|| {})
+        .build()
+        .expect("valid")
+        .spawn();
+    sleep(Duration::from_secs(10)).await;
+    let state = handle.state().borrow().clone();
+    let report = state.last_error.expect("an error");
+    assert_eq!(report.error.kind, leasehold::LockErrorKind::Unauthorized);
+    assert!(report.in_a_row >= 10, "{}", report.in_a_row);
+    let check = handle.check(Duration::from_secs(2)).expect_err("unhealthy");
+    assert!(check.contains("forbidden"), "{check}");
+    handle.shutdown().await;
+}
+
+/// No task is left behind: watchdogs end with their term, event tasks are bounded.
+#[tokio::test(start_paused = true)]
+async fn no_task_outlives_a_shutdown() {
+    let lock = MemoryLock::new();
+    let log = Log::default();
+    let baseline = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    for round in 0..20 {
+        let handle = spawn(fast(&format!("n{round}")), lock.clone(), &log);
+        sleep(Duration::from_millis(300)).await;
+        handle.shutdown().await;
+    }
+    sleep(Duration::from_millis(10)).await;
+    let alive = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    assert_eq!(alive, baseline, "tasks left behind");
+}

@@ -10,10 +10,12 @@ pub mod blocking;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::elector::{Elector, Event, FencingToken, Input, Now, Role};
+use crate::lock::{LockError, LockErrorKind, LockRequest};
 use crate::record::Identity;
 use crate::time::{Instant, Timestamp};
 
@@ -96,6 +98,21 @@ pub struct LeaderState {
     pub leader_until: Option<std::time::Instant>,
     /// Renewals that had to read first (client-go's `leader_election_slowpath_total`).
     pub slow_path_renewals: u64,
+    /// The last failed lock operation and how many failed in a row; `None` once the lock
+    /// answers again. A lost race is an answer, not an error.
+    pub last_error: Option<ErrorReport>,
+    /// The leader work panicked, with this message: the driver stepped down (releasing the
+    /// lock if configured) and stopped, as client-go's process would have died.
+    pub work_panicked: Option<String>,
+}
+
+/// A lock error as [`LeaderState`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorReport {
+    /// The last error.
+    pub error: LockError,
+    /// How many operations failed in a row.
+    pub in_a_row: u64,
 }
 
 /// The elector, shared between the driver and its handle.
@@ -103,6 +120,8 @@ pub struct LeaderState {
 pub(crate) struct Shared {
     elector: Arc<Mutex<Elector>>,
     pub(crate) clock: Clock,
+    /// The panic message of a leader work, once one panicked.
+    panicked: Arc<Mutex<Option<String>>>,
 }
 
 impl Shared {
@@ -110,7 +129,14 @@ impl Shared {
         Shared {
             elector: Arc::new(Mutex::new(elector)),
             clock,
+            panicked: Arc::default(),
         }
+    }
+
+    /// Records that the leader work panicked with `message`, and logs it.
+    pub(crate) fn work_panicked(&self, lock: &str, message: String) {
+        tracing::error!(lock, panic = %message, "the leader work panicked: stepping down");
+        *self.panicked.lock().unwrap_or_else(PoisonError::into_inner) = Some(message);
     }
 
     pub(crate) fn elector(&self) -> MutexGuard<'_, Elector> {
@@ -137,6 +163,15 @@ impl Shared {
                 .filter(|&u| u > now)
                 .map(|u| self.clock.std_instant(u)),
             slow_path_renewals: e.slow_path_renewals(),
+            last_error: e.last_error().map(|(error, in_a_row)| ErrorReport {
+                error: error.clone(),
+                in_a_row,
+            }),
+            work_panicked: self
+                .panicked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
         }
     }
 
@@ -371,6 +406,66 @@ impl Core {
     pub(crate) fn exit(&mut self) -> bool {
         self.metric(|m, name| m.off(name));
         self.terms_ended == 0
+    }
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
+}
+
+/// Logs lock errors through `tracing` without flooding: the first error of each kind at once,
+/// then at most one line per kind every [`ErrorLog::EVERY`], with how many were left out.
+/// Lost races are normal contention and go to `debug`; a create answered NotFound means the
+/// namespace (or the resource) is missing, an error like a refused permission or an
+/// unreadable record; timeouts and overload are warnings.
+#[derive(Debug, Default)]
+pub(crate) struct ErrorLog {
+    /// Per kind (and whether it was a create): when last logged, and how many since.
+    seen: BTreeMap<(LockErrorKind, bool), (std::time::Instant, u64)>,
+}
+
+impl ErrorLog {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    pub(crate) fn note(&mut self, lock: &str, request: &LockRequest, error: &LockError) {
+        let create = matches!(request, LockRequest::Create(_));
+        let level = match error.kind {
+            LockErrorKind::NotFound if create => tracing::Level::ERROR,
+            kind if kind.is_lost_race() => tracing::Level::DEBUG,
+            LockErrorKind::Timeout | LockErrorKind::Unavailable => tracing::Level::WARN,
+            _ => tracing::Level::ERROR,
+        };
+        if level == tracing::Level::DEBUG {
+            tracing::debug!(lock, %error, "lost a race for the lock");
+            return;
+        }
+        #[allow(clippy::disallowed_methods)] // rate limiting reads the real clock
+        let now = std::time::Instant::now();
+        let key = (error.kind, create);
+        let suppressed = match self.seen.get_mut(&key) {
+            Some((last, count)) if now.duration_since(*last) < Self::EVERY => {
+                *count += 1;
+                return;
+            }
+            Some((last, count)) => {
+                *last = now;
+                std::mem::take(count)
+            }
+            None => {
+                self.seen.insert(key, (now, 0));
+                0
+            }
+        };
+        if level == tracing::Level::ERROR {
+            tracing::error!(lock, %error, suppressed, "lock operation failed");
+        } else {
+            tracing::warn!(lock, %error, suppressed, "lock operation failed");
+        }
     }
 }
 

@@ -36,10 +36,10 @@ use futures_util::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
 
 pub use super::BuildError;
-use super::{Core, Effect, LeaderState, NewLeaderFn, Shared, StoppedFn};
+use super::{Core, Effect, ErrorLog, LeaderState, NewLeaderFn, Shared, StoppedFn};
 use crate::config::{Config, Observation};
 use crate::elector::{Action, FencingToken, Input, OpId};
-use crate::lock::{Lock, LockError, LockErrorKind, LockResult, Sighting};
+use crate::lock::{Lock, LockError, LockErrorKind, LockRequest, LockResult, Sighting};
 use crate::record::Identity;
 
 /// What the leader work gets: its fencing token and a token that is cancelled the moment
@@ -52,8 +52,13 @@ pub struct LeaderContext {
     pub cancel: CancellationToken,
 }
 
-/// The operation in flight: its id and the call, already bounded by its deadline.
-type PendingOp = (OpId, Pin<Box<dyn Future<Output = LockResult> + Send>>);
+/// The operation in flight: its id, the request (for the error log) and the call, already
+/// bounded by its deadline.
+type PendingOp = (
+    OpId,
+    LockRequest,
+    Pin<Box<dyn Future<Output = LockResult> + Send>>,
+);
 type StartedFn = Box<dyn FnMut(LeaderContext) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 /// Builds a tokio [`LeaderElector`].
@@ -83,11 +88,14 @@ impl<L: Lock> Builder<L> {
         let precision = self.lock.time_precision();
         let parts = self.into_parts(watch.is_some(), precision)?;
         let (state_tx, _) = watch::channel(parts.shared.state());
+        let (done_tx, _) = watch::channel(false);
         Ok(LeaderElector {
             config: parts.config,
             lock: Arc::new(parts.lock),
             shared: parts.shared,
             state_tx,
+            done_tx,
+            errors: ErrorLog::default(),
             watch,
             on_started: parts.on_started,
             on_stopped: parts.on_stopped,
@@ -103,19 +111,37 @@ pub struct LeaderElector<L> {
     lock: Arc<L>,
     shared: Shared,
     state_tx: watch::Sender<LeaderState>,
+    /// Set to true when `run` returns.
+    done_tx: watch::Sender<bool>,
     watch: Option<BoxStream<'static, Result<Sighting, LockError>>>,
     on_started: StartedFn,
     on_stopped: StoppedFn,
     on_new_leader: Option<NewLeaderFn>,
     core: Core,
+    errors: ErrorLog,
 }
 
 /// The running elector: its state, and a way to stop it.
+///
+/// Dropping the handle steps down and releases the lock (if configured), as
+/// [`Handle::shutdown`] does but without waiting; [`Handle::detach`] lets the elector run on
+/// unattended instead.
 pub struct Handle {
     shared: Shared,
     state: watch::Receiver<LeaderState>,
+    done: watch::Receiver<bool>,
     cancel: CancellationToken,
     task: JoinHandle<()>,
+    /// Dropping the handle leaves the elector alone.
+    detached: bool,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if !self.detached {
+            self.cancel.cancel();
+        }
+    }
 }
 
 impl Handle {
@@ -135,8 +161,8 @@ impl Handle {
         self.shared.elector().leader().cloned()
     }
 
-    /// client-go's healthz check: an error when this candidate's lease was last seen renewed
-    /// more than `lease_duration + max_tolerable_expired` ago (a wedged process).
+    /// client-go's healthz check, made stricter (see [`crate::Elector::check`]): an error for a
+    /// wedged leader, and for a candidate the lock has not answered for a lease and more.
     ///
     /// # Errors
     /// A message naming the lock.
@@ -148,30 +174,49 @@ impl Handle {
     /// the lock if configured, and returns when the elector has finished.
     pub async fn shutdown(self) {
         self.cancel.cancel();
-        let _ = self.task.await;
+        self.finished().await;
     }
 
-    /// Whether the elector has finished (one-shot after a loss, or shut down).
+    /// Whether the elector has finished (one-shot after a loss, or shut down) and its leader
+    /// work has stopped or been given up.
     pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
+        *self.done.borrow()
     }
 
-    /// Waits until the elector finishes on its own.
-    pub async fn finished(self) {
-        let _ = self.task.await;
+    /// Waits until the elector finishes (on its own, or after [`Handle::shutdown`] or a drop
+    /// elsewhere) and its leader work has stopped or been given up. It does not consume the
+    /// handle, so it can stand in a `select!` next to a signal that then calls `shutdown`.
+    pub async fn finished(&self) {
+        let mut done = self.done.clone();
+        // An error means the driver is gone (aborted or panicked): finished too.
+        let _ = done.wait_for(|done| *done).await;
     }
 
     /// Stops the driver at once, as a crash would: no release. The leader work's token still
     /// fires at `leader_until`.
-    pub fn abort(self) {
+    pub fn abort(mut self) {
+        self.detached = true;
         self.task.abort();
+    }
+
+    /// Lets the elector run on without this handle: dropping it then neither steps down nor
+    /// releases. The elector stops on its own only in one-shot mode after a loss.
+    pub fn detach(mut self) {
+        self.detached = true;
     }
 }
 
 struct Term {
     cancel: CancellationToken,
     until: watch::Sender<::tokio::time::Instant>,
+    /// `None` once the work has returned (it may return before its term ends).
+    work: Option<JoinHandle<()>>,
+}
+
+/// Work told to stop whose end the elector awaits, and until when the driver waits for it.
+struct Stopping {
     work: JoinHandle<()>,
+    wait_until: ::tokio::time::Instant,
 }
 
 impl<L: Lock> LeaderElector<L> {
@@ -180,29 +225,36 @@ impl<L: Lock> LeaderElector<L> {
         Builder::new(config, lock)
     }
 
-    /// Runs on a task of its own.
+    /// Runs on a task of its own. Keep the handle: dropping it steps down and releases.
+    #[must_use = "dropping the handle steps down and releases the lock; keep it, or call detach"]
     pub fn spawn(self) -> Handle {
         let cancel = CancellationToken::new();
         let shared = self.shared.clone();
         let state = self.state_tx.subscribe();
+        let done = self.done_tx.subscribe();
         let task = ::tokio::spawn(self.run(cancel.clone()));
         Handle {
             shared,
             state,
+            done,
             cancel,
             task,
+            detached: false,
         }
     }
 
     /// Runs until the elector finishes: after losing leadership in one-shot mode, or after
     /// `cancel` fires (then it steps down, waits for the leader work, and releases if
-    /// configured).
+    /// configured). Returns once the leader work has stopped, or has been given up: at the end
+    /// of its term, or one retry period after it was told to stop if that is later. Work that
+    /// ignores its cancellation then runs on unsupervised; the lock no longer protects it.
     pub async fn run(mut self, cancel: CancellationToken) {
         let clock = self.shared.clock;
+        let describe = self.lock.describe();
         let mut watch = self.watch.take();
         let mut pending: Option<PendingOp> = None;
         let mut term: Option<Term> = None;
-        let mut awaiting_work: Option<JoinHandle<()>> = None;
+        let mut stopping: Option<Stopping> = None;
         let mut shutdown_sent = false;
         loop {
             // Carry out the actions; the drain ends with a sleep or with Done.
@@ -216,10 +268,12 @@ impl<L: Lock> LeaderElector<L> {
                     } => {
                         let lock = self.lock.clone();
                         let deadline = clock.tokio_instant(deadline);
+                        let call = request.clone();
                         pending = Some((
                             op,
+                            request,
                             Box::pin(async move {
-                                match timeout_at(deadline, lock.execute(request)).await {
+                                match timeout_at(deadline, lock.execute(call)).await {
                                     Ok(result) => result,
                                     Err(_) => Err(LockError::new(
                                         LockErrorKind::Timeout,
@@ -230,9 +284,9 @@ impl<L: Lock> LeaderElector<L> {
                         ));
                     }
                     Action::Emit(event) => {
-                        tracing::debug!(lock = %self.lock.describe(), ?event, "leader election");
+                        tracing::debug!(lock = %describe, ?event, "leader election");
                         for effect in self.core.effects(&event) {
-                            self.apply(effect, &mut term, &mut awaiting_work);
+                            self.apply(effect, &mut term, &mut stopping);
                         }
                     }
                     Action::SleepUntil { at, .. } => break Some(at),
@@ -243,11 +297,6 @@ impl<L: Lock> LeaderElector<L> {
             self.core.observe(&state);
             self.state_tx.send_replace(state);
             let Some(wake) = wake else { break };
-            if awaiting_work.as_ref().is_some_and(JoinHandle::is_finished) {
-                awaiting_work = None;
-                self.shared.input(Input::LeaderWorkStopped);
-                continue;
-            }
             ::tokio::select! {
                 biased;
                 () = cancel.cancelled(), if !shutdown_sent => {
@@ -255,47 +304,83 @@ impl<L: Lock> LeaderElector<L> {
                     self.shared.input(Input::Shutdown);
                 }
                 result = poll_pending(&mut pending), if pending.is_some() => {
-                    if let Some((op, result)) = result {
+                    if let Some((op, request, result)) = result {
+                        if let Err(e) = &result {
+                            self.errors.note(&describe, &request, e);
+                        }
                         self.shared.input(|now| Input::LockResult { now, op, result });
                     }
                 }
                 seen = next_sighting(&mut watch), if watch.is_some() => match seen {
                     Some(Ok(record)) => self.shared.input(|now| Input::Observed { now, record }),
-                    Some(Err(e)) => tracing::warn!(lock = %self.lock.describe(), error = %e, "watch"),
+                    Some(Err(e)) => self.errors.note(&describe, &LockRequest::Get, &e),
                     None => watch = None,
                 },
-                _ = wait_for(&mut awaiting_work), if awaiting_work.is_some() => {
-                    awaiting_work = None;
+                ended = work_of(&mut term), if term.as_ref().is_some_and(|t| t.work.is_some()) => {
+                    // The work returned or panicked while its term runs. A return is the
+                    // work's business (the term goes on, as in client-go); a panic ends the
+                    // term at once, as it would end client-go's process.
+                    if let Err(panic) = ended
+                        && panic.is_panic()
+                    {
+                        self.shared.work_panicked(&describe, super::panic_message(panic.into_panic()));
+                        shutdown_sent = true;
+                        self.shared.input(Input::Shutdown);
+                    }
+                }
+                // While the elector runs it waits for the work as long as it takes: no new term
+                // and no release before it has stopped. Only the exit gives it up.
+                ended = stopped_work(&mut stopping), if stopping.is_some() => {
+                    if let Some(Err(panic)) = ended
+                        && panic.is_panic()
+                    {
+                        self.shared.work_panicked(&describe, super::panic_message(panic.into_panic()));
+                    }
                     self.shared.input(Input::LeaderWorkStopped);
                 }
                 () = sleep_until(clock.tokio_instant(wake)) => self.shared.input(Input::Timeout),
             }
         }
-        // Return only once the leader work has stopped (it has been told to), giving it at most
-        // a renew deadline.
-        let work = term.take().map(|t| {
+        // Return once the leader work has stopped (it has been told to), or has been given up.
+        if let Some(t) = term.take() {
             t.cancel.cancel();
-            t.work
-        });
-        if let Some(work) = work.or(awaiting_work) {
-            let _ = ::tokio::time::timeout(self.config.renew_deadline, work).await;
+            if let Some(work) = t.work {
+                let wait_until = self.give_up_at(&t.until);
+                stopping = Some(Stopping { work, wait_until });
+            }
+        }
+        if let Some(s) = stopping
+            && let Ok(Err(panic)) = ::tokio::time::timeout_at(s.wait_until, s.work).await
+            && panic.is_panic()
+        {
+            self.shared
+                .work_panicked(&describe, super::panic_message(panic.into_panic()));
         }
         if self.core.exit() {
             (self.on_stopped)();
         }
+        let state = self.shared.state();
+        self.state_tx.send_replace(state);
+        self.done_tx.send_replace(true);
     }
 
-    fn apply(
-        &mut self,
-        effect: Effect,
-        term: &mut Option<Term>,
-        awaiting_work: &mut Option<JoinHandle<()>>,
-    ) {
+    /// Until when the driver waits for a work told to stop now: the end of its term, or one
+    /// retry period from now if that is later.
+    fn give_up_at(&self, until: &watch::Sender<::tokio::time::Instant>) -> ::tokio::time::Instant {
+        let grace = ::tokio::time::Instant::now() + self.config.retry_period;
+        (*until.borrow()).max(grace)
+    }
+
+    fn apply(&mut self, effect: Effect, term: &mut Option<Term>, stopping: &mut Option<Stopping>) {
         let clock = self.shared.clock;
         match effect {
             Effect::RecordEvent(message) => {
+                // Bounded: a hung events API must not leave a task per transition behind.
                 let lock = self.lock.clone();
-                ::tokio::spawn(async move { lock.record_event(message).await });
+                let limit = self.config.operation_timeout();
+                ::tokio::spawn(async move {
+                    let _ = ::tokio::time::timeout(limit, lock.record_event(message)).await;
+                });
             }
             Effect::StartWork {
                 token,
@@ -311,7 +396,7 @@ impl<L: Lock> LeaderElector<L> {
                 *term = Some(Term {
                     cancel,
                     until: until_tx,
-                    work,
+                    work: Some(work),
                 });
             }
             Effect::ExtendWork { leader_until } => {
@@ -320,11 +405,16 @@ impl<L: Lock> LeaderElector<L> {
                 }
             }
             Effect::StopWork => {
-                let work = term.take().map(|t| {
+                let running = term.take().and_then(|t| {
                     t.cancel.cancel();
-                    t.work
+                    let wait_until = self.give_up_at(&t.until);
+                    t.work.map(|work| Stopping { work, wait_until })
                 });
-                *awaiting_work = Some(work.unwrap_or_else(|| ::tokio::spawn(async {})));
+                match running {
+                    Some(s) => *stopping = Some(s),
+                    // The work had already returned.
+                    None => self.shared.input(Input::LeaderWorkStopped),
+                }
             }
             Effect::Stopped => (self.on_stopped)(),
             Effect::NewLeader(leader) => {
@@ -337,7 +427,7 @@ impl<L: Lock> LeaderElector<L> {
 }
 
 /// Cancels the term's token when its (possibly renewed) end arrives. If the driver goes away
-/// (aborted, panicked), the last known end stands.
+/// (aborted, panicked), the last known end stands. Ends with the term: it never outlives it.
 async fn watchdog(cancel: CancellationToken, mut until: watch::Receiver<::tokio::time::Instant>) {
     loop {
         let at = *until.borrow_and_update();
@@ -345,8 +435,10 @@ async fn watchdog(cancel: CancellationToken, mut until: watch::Receiver<::tokio:
             () = cancel.cancelled() => return,
             changed = until.changed() => {
                 if changed.is_err() {
-                    sleep_until(at).await;
-                    cancel.cancel();
+                    ::tokio::select! {
+                        () = cancel.cancelled() => {}
+                        () = sleep_until(at) => cancel.cancel(),
+                    }
                     return;
                 }
             }
@@ -360,22 +452,37 @@ async fn watchdog(cancel: CancellationToken, mut until: watch::Receiver<::tokio:
     }
 }
 
-async fn poll_pending(pending: &mut Option<PendingOp>) -> Option<(OpId, LockResult)> {
-    let (op, fut) = pending.as_mut()?;
+/// The running term's work ending, whichever way.
+async fn work_of(term: &mut Option<Term>) -> Result<(), ::tokio::task::JoinError> {
+    let Some(work) = term.as_mut().and_then(|t| t.work.as_mut()) else {
+        return std::future::pending().await;
+    };
+    let ended = work.await;
+    if let Some(t) = term.as_mut() {
+        t.work = None;
+    }
+    ended
+}
+
+/// The stopping work ending.
+async fn stopped_work(
+    stopping: &mut Option<Stopping>,
+) -> Option<Result<(), ::tokio::task::JoinError>> {
+    let s = stopping.as_mut()?;
+    let ended = (&mut s.work).await;
+    *stopping = None;
+    Some(ended)
+}
+
+async fn poll_pending(pending: &mut Option<PendingOp>) -> Option<(OpId, LockRequest, LockResult)> {
+    let (_, _, fut) = pending.as_mut()?;
     let result = fut.await;
-    let op = *op;
-    *pending = None;
-    Some((op, result))
+    let (op, request, _) = pending.take()?;
+    Some((op, request, result))
 }
 
 async fn next_sighting(
     watch: &mut Option<BoxStream<'static, Result<Sighting, LockError>>>,
 ) -> Option<Result<Sighting, LockError>> {
     watch.as_mut()?.next().await
-}
-
-async fn wait_for(work: &mut Option<JoinHandle<()>>) {
-    if let Some(handle) = work.as_mut() {
-        let _ = handle.await;
-    }
 }

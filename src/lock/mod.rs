@@ -67,7 +67,7 @@ impl LockError {
 }
 
 /// Classes of lock failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
 pub enum LockErrorKind {
     /// The object does not exist (an `Update` after someone deleted it).

@@ -385,3 +385,151 @@ fn a_recontending_driver_never_runs_two_terms_work_at_once() {
     let [handle] = handles;
     handle.shutdown();
 }
+
+/// One request black-holed by the network: the call is cut off at its deadline and later
+/// calls go through, so the leader keeps (or regains) leadership (before: the I/O thread
+/// waited forever and leadership was never regained).
+#[test]
+fn a_black_holed_request_does_not_wedge_the_driver() {
+    let s = server();
+    let mut config = fast("a");
+    config.after_loss = leasehold::AfterLoss::Recontend;
+    let handle = spawn(config, remote(&s.server.url()));
+    let handles = [handle];
+    until(&handles, Duration::from_secs(3), |l| l.is_some());
+    s.server.black_hole_next(1);
+    sleep(Duration::from_secs(4));
+    until(&handles, Duration::from_secs(3), |l| l.is_some());
+    let before = s
+        .server
+        .object(Kind::Lease, "default", "ctl")
+        .expect("exists")["metadata"]["resourceVersion"]
+        .clone();
+    sleep(Duration::from_secs(1));
+    let after = s
+        .server
+        .object(Kind::Lease, "default", "ctl")
+        .expect("exists")["metadata"]["resourceVersion"]
+        .clone();
+    assert_ne!(before, after, "still renewing");
+    let [handle] = handles;
+    handle.shutdown();
+}
+
+/// A panicking leader work ends the term: the driver steps down, releases, calls
+/// `on_stopped_leading`, reports the panic and finishes (before: a zombie leader).
+#[test]
+fn a_panicking_leader_work_ends_the_term_and_releases() {
+    let lock = MemoryLock::new();
+    let stopped = Arc::new(AtomicUsize::new(0));
+    let s = stopped.clone();
+    let handle = LeaderElector::builder(fast("a"), lock.clone())
+        .on_started_leading(|_| panic!("the work broke"))
+        .on_stopped_leading(move || {
+            s.fetch_add(1, Ordering::SeqCst);
+        })
+        .build()
+        .expect("valid")
+        .spawn();
+    let start = Instant::now();
+    while !handle.is_finished() {
+        assert!(start.elapsed() < Duration::from_secs(5), "not finished");
+        sleep(Duration::from_millis(5));
+    }
+    assert_eq!(stopped.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        handle.state().work_panicked.as_deref(),
+        Some("the work broke")
+    );
+    assert_eq!(lock.get().expect("exists").value.holder, None, "released");
+    handle.shutdown();
+}
+
+/// Work that returns before it is told to stop does not hold up the release at shutdown
+/// (before: about 20 s with default timings, and the lock still named the candidate).
+#[test]
+fn work_that_returned_early_does_not_delay_the_release() {
+    let lock = MemoryLock::new();
+    let mut config = Config::new(id("a"));
+    config.release_on_cancel = true;
+    let handle = LeaderElector::builder(config, lock.clone())
+        .on_started_leading(|_| {})
+        .on_stopped_leading(|| {})
+        .build()
+        .expect("valid")
+        .spawn();
+    let handles = [handle];
+    until(&handles, Duration::from_secs(1), |l| l.is_some());
+    sleep(Duration::from_millis(50));
+    let [handle] = handles;
+    let start = Instant::now();
+    handle.shutdown();
+    assert!(
+        start.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(lock.get().expect("exists").value.holder, None, "released");
+}
+
+/// Dropping the handle steps down and releases.
+#[test]
+fn dropping_the_handle_steps_down_and_releases() {
+    let lock = MemoryLock::new();
+    let handle = spawn(fast("a"), lock.clone());
+    let handles = [handle];
+    until(&handles, Duration::from_secs(1), |l| l.is_some());
+    drop(handles);
+    let start = Instant::now();
+    while lock.get().expect("exists").value.holder.is_some() {
+        assert!(start.elapsed() < Duration::from_secs(2), "not released");
+        sleep(Duration::from_millis(5));
+    }
+    let version = lock.get().expect("exists").version;
+    sleep(Duration::from_secs(1));
+    assert_eq!(
+        lock.get().expect("exists").version,
+        version,
+        "no more writes"
+    );
+}
+
+/// Work that ignores its stop signal: shutdown returns at the end of the term, not a renew
+/// deadline later.
+#[test]
+fn shutdown_returns_at_the_end_of_the_term_when_the_work_ignores_it() {
+    let lock = MemoryLock::new();
+    let handle = LeaderElector::builder(fast("a"), lock)
+        .on_started_leading(|_| sleep(Duration::from_secs(10)))
+        .on_stopped_leading(|| {})
+        .build()
+        .expect("valid")
+        .spawn();
+    let handles = [handle];
+    until(&handles, Duration::from_secs(1), |l| l.is_some());
+    let [handle] = handles;
+    let start = Instant::now();
+    handle.shutdown();
+    assert!(
+        start.elapsed() <= Duration::from_millis(1800),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+/// Errors are on the handle, and the health check fails for a candidate that cannot read.
+#[test]
+fn errors_are_visible_on_the_handle() {
+    let lock = Cuttable {
+        lock: MemoryLock::new(),
+        cut: Arc::new(AtomicBool::new(true)),
+    };
+    let mut config = fast("a");
+    config.lease_duration = Duration::from_secs(2);
+    let handle = spawn(config, lock);
+    sleep(Duration::from_secs(3));
+    let report = handle.state().last_error.expect("an error");
+    assert!(report.in_a_row >= 5, "{}", report.in_a_row);
+    assert!(handle.check(Duration::from_millis(500)).is_err());
+    handle.shutdown();
+}

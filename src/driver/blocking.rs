@@ -26,18 +26,17 @@
 //! Kubernetes locks are async (kube-rs); [`RemoteLock`] runs one on a small private runtime on
 //! its own thread, as `reqwest::blocking` does, so the caller never sees tokio.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use super::BuildError;
-use super::{Core, Effect, LeaderState, NewLeaderFn, Shared, StoppedFn};
+use super::{Core, Effect, ErrorLog, LeaderState, NewLeaderFn, Shared, StoppedFn};
 use crate::config::{Config, Observation};
 use crate::elector::{Action, FencingToken, Input, OpId};
-use crate::lock::{
-    LockError, LockErrorKind, LockRequest, LockResponse, LockResult, MemoryLock, Sighting,
-};
+use crate::lock::{LockError, LockRequest, LockResponse, LockResult, MemoryLock, Sighting};
 use crate::record::{Identity, LeaderElectionRecord, Version};
 
 /// A lock store for the blocking driver: the twin of [`crate::lock::Lock`].
@@ -78,6 +77,15 @@ pub trait BlockingLock: Send + Sync + 'static {
     /// Records a Kubernetes-style event about the lock; the default does nothing.
     fn record_event(&self, message: &str) {
         let _ = message;
+    }
+
+    /// Performs `request`, giving up at `deadline` with [`LockErrorKind::Timeout`]. A lock
+    /// whose calls can hang (a remote store) should override this; the default calls
+    /// [`BlockingLock::execute`] and cannot cut it short. The driver runs every call on a
+    /// thread of its own, so even a call that hangs past its deadline never delays the next.
+    fn execute_until(&self, request: LockRequest, deadline: std::time::Instant) -> LockResult {
+        let _ = deadline;
+        self.execute(request)
     }
 
     /// Performs `request`.
@@ -236,15 +244,19 @@ impl<L: BlockingLock> Builder<L> {
             on_stopped: parts.on_stopped,
             on_new_leader: parts.on_new_leader,
             core: parts.core,
+            errors: ErrorLog::default(),
+            done: Done::default(),
         })
     }
 }
 
 /// What reaches the driver thread.
 enum Message {
-    Result(OpId, LockResult),
+    Result(OpId, LockRequest, LockResult),
     Observed(Sighting),
-    WorkStopped(u64),
+    WatchError(LockError),
+    /// The work of term `id` returned, or panicked with this message.
+    WorkEnded(u64, Option<String>),
     Shutdown,
 }
 
@@ -261,14 +273,51 @@ pub struct LeaderElector<L> {
     on_stopped: StoppedFn,
     on_new_leader: Option<NewLeaderFn>,
     core: Core,
+    errors: ErrorLog,
+    done: Done,
+}
+
+/// Set when the driver has returned; waited on by [`Handle::finished`].
+#[derive(Debug, Clone, Default)]
+struct Done(Arc<(Mutex<bool>, Condvar)>);
+
+impl Done {
+    fn set(&self) {
+        *self.0.0.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.0.1.notify_all();
+    }
+
+    fn is_set(&self) -> bool {
+        *self.0.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn wait(&self) {
+        let mut done = self.0.0.lock().unwrap_or_else(PoisonError::into_inner);
+        while !*done {
+            done = self.0.1.wait(done).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
 }
 
 /// The running elector, usable from any thread.
+///
+/// Dropping the handle steps down and releases the lock (if configured), as
+/// [`Handle::shutdown`] does but without waiting; [`Handle::detach`] lets the elector run on.
 pub struct Handle {
     shared: Shared,
     state: Arc<Mutex<LeaderState>>,
     tx: Sender<Message>,
-    thread: JoinHandle<()>,
+    thread: Option<JoinHandle<()>>,
+    done: Done,
+    detached: bool,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if !self.detached {
+            let _ = self.tx.send(Message::Shutdown);
+        }
+    }
 }
 
 impl Handle {
@@ -291,7 +340,7 @@ impl Handle {
         self.shared.elector().leader().cloned()
     }
 
-    /// client-go's healthz check (see [`crate::Elector::check`]).
+    /// client-go's healthz check, made stricter (see [`crate::Elector::check`]).
     ///
     /// # Errors
     /// A message naming the lock.
@@ -299,27 +348,55 @@ impl Handle {
         self.shared.check(max_tolerable_expired)
     }
 
-    /// Whether the elector has finished.
+    /// Whether the elector has finished and its leader work has stopped or been given up.
     pub fn is_finished(&self) -> bool {
-        self.thread.is_finished()
+        self.done.is_set()
     }
 
     /// Steps down, waits for the leader work, releases if configured, and returns when the
-    /// elector has finished.
-    pub fn shutdown(self) {
+    /// elector has finished and its thread has ended.
+    pub fn shutdown(mut self) {
         let _ = self.tx.send(Message::Shutdown);
-        let _ = self.thread.join();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 
-    /// Waits until the elector finishes on its own.
-    pub fn join(self) {
-        let _ = self.thread.join();
+    /// Waits until the elector finishes (on its own, or after a shutdown from another
+    /// thread) and its leader work has stopped or been given up, without consuming the handle.
+    pub fn finished(&self) {
+        self.done.wait();
+    }
+
+    /// Waits until the elector finishes on its own and its thread has ended.
+    pub fn join(mut self) {
+        self.detached = true;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// Lets the elector run on without this handle: dropping it then neither steps down nor
+    /// releases. The elector stops on its own only in one-shot mode after a loss.
+    pub fn detach(mut self) {
+        self.detached = true;
     }
 }
 
 struct Term {
     id: u64,
     stop: StopSignal,
+    /// The work returned before the term ended.
+    returned: bool,
+    /// The end of the term.
+    until: std::time::Instant,
+}
+
+/// A work told to stop whose end the elector awaits.
+struct Stopping {
+    id: u64,
+    /// Until when the driver's exit waits for it.
+    wait_until: std::time::Instant,
 }
 
 impl<L: BlockingLock> LeaderElector<L> {
@@ -328,58 +405,42 @@ impl<L: BlockingLock> LeaderElector<L> {
         Builder::new(config, lock)
     }
 
-    /// Runs on a thread of its own.
+    /// Runs on a thread of its own. Keep the handle: dropping it steps down and releases.
+    #[must_use = "dropping the handle steps down and releases the lock; keep it, or call detach"]
     pub fn spawn(self) -> Handle {
         let (shared, state, tx) = (self.shared.clone(), self.state.clone(), self.tx.clone());
+        let done = self.done.clone();
         let thread = std::thread::spawn(move || self.run());
         Handle {
             shared,
             state,
             tx,
-            thread,
+            thread: Some(thread),
+            done,
+            detached: false,
         }
     }
 
-    /// Runs on the calling thread until the elector finishes.
+    /// Runs on the calling thread until the elector finishes, and returns once the leader
+    /// work has stopped, or has been given up: at the end of its term, or one retry period
+    /// after it was told to stop if that is later. Work that ignores its stop signal then runs
+    /// on unsupervised; the lock no longer protects it. The driver's own threads (lock calls,
+    /// the watch) have ended by then, except a call into a lock that ignores its deadline.
     pub fn run(mut self) {
         let clock = self.shared.clock;
-        // Lock operations run on a thread of their own, so a hung call cannot stall the timers.
-        let (ops_tx, ops_rx) = mpsc::channel::<(OpId, LockRequest, std::time::Instant)>();
-        let (lock, results) = (self.lock.clone(), self.tx.clone());
-        let io = std::thread::spawn(move || {
-            #[allow(clippy::disallowed_methods)] // skipping requests whose deadline passed
-            for (op, request, deadline) in ops_rx {
-                let result = if std::time::Instant::now() >= deadline {
-                    Err(LockError::new(
-                        LockErrorKind::Timeout,
-                        "not started before its deadline",
-                    ))
-                } else {
-                    lock.execute(request)
-                };
-                if results.send(Message::Result(op, result)).is_err() {
-                    return;
-                }
-            }
+        let describe = self.lock.describe();
+        let watching = Arc::new(AtomicBool::new(true));
+        let watcher = self.changes.take().map(|changes| {
+            let (tx, watching) = (self.tx.clone(), watching.clone());
+            std::thread::spawn(move || forward_changes(&changes, &tx, &watching))
         });
-        if let Some(changes) = self.changes.take() {
-            let tx = self.tx.clone();
-            std::thread::spawn(move || {
-                for change in changes {
-                    match change {
-                        Ok(seen) => {
-                            if tx.send(Message::Observed(seen)).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => tracing_warn(&e),
-                    }
-                }
-            });
-        }
+        // Every lock call runs on a thread of its own, so one that hangs never delays the
+        // next; a call into a lock that honours its deadline ends by then.
+        let mut calls: Vec<(JoinHandle<()>, std::time::Instant)> = Vec::new();
         let mut term: Option<Term> = None;
-        let mut awaiting_work: Option<u64> = None;
+        let mut stopping: Option<Stopping> = None;
         let mut next_term = 0u64;
+        let mut shutdown_sent = false;
         loop {
             let wake = loop {
                 let action = self.shared.elector().poll_action();
@@ -389,11 +450,18 @@ impl<L: BlockingLock> LeaderElector<L> {
                         request,
                         deadline,
                     } => {
-                        let _ = ops_tx.send((op, request, clock.std_instant(deadline)));
+                        calls.retain(|(call, _)| !call.is_finished());
+                        let (lock, tx) = (self.lock.clone(), self.tx.clone());
+                        let deadline = clock.std_instant(deadline);
+                        let call = std::thread::spawn(move || {
+                            let result = lock.execute_until(request.clone(), deadline);
+                            let _ = tx.send(Message::Result(op, request, result));
+                        });
+                        calls.push((call, deadline));
                     }
                     Action::Emit(event) => {
                         for effect in self.core.effects(&event) {
-                            self.apply(effect, &mut term, &mut awaiting_work, &mut next_term);
+                            self.apply(effect, &mut term, &mut stopping, &mut next_term);
                         }
                     }
                     Action::SleepUntil { at, .. } => break Some(at),
@@ -405,36 +473,68 @@ impl<L: BlockingLock> LeaderElector<L> {
             *self.state.lock().unwrap_or_else(PoisonError::into_inner) = state;
             let Some(wake) = wake else { break };
             match self.rx.recv_timeout(clock.until(wake)) {
-                Ok(Message::Result(op, result)) => {
+                Ok(Message::Result(op, request, result)) => {
+                    if let Err(e) = &result {
+                        self.errors.note(&describe, &request, e);
+                    }
                     self.shared
                         .input(|now| Input::LockResult { now, op, result });
                 }
                 Ok(Message::Observed(record)) => {
                     self.shared.input(|now| Input::Observed { now, record });
                 }
-                Ok(Message::WorkStopped(id)) => {
-                    if awaiting_work == Some(id) {
-                        awaiting_work = None;
+                Ok(Message::WatchError(e)) => self.errors.note(&describe, &LockRequest::Get, &e),
+                Ok(Message::WorkEnded(id, panic)) => {
+                    if let Some(message) = panic {
+                        self.shared.work_panicked(&describe, message);
+                        // A panic ends the term at once, as it would end client-go's process.
+                        if term.as_ref().is_some_and(|t| t.id == id) && !shutdown_sent {
+                            shutdown_sent = true;
+                            self.shared.input(Input::Shutdown);
+                        }
+                    }
+                    if let Some(t) = term.as_mut().filter(|t| t.id == id) {
+                        t.returned = true;
+                    }
+                    // While the elector runs it waits for the work as long as it takes.
+                    if stopping.as_ref().is_some_and(|s| s.id == id) {
+                        stopping = None;
                         self.shared.input(Input::LeaderWorkStopped);
                     }
                 }
-                Ok(Message::Shutdown) => self.shared.input(Input::Shutdown),
+                Ok(Message::Shutdown) => {
+                    if !shutdown_sent {
+                        shutdown_sent = true;
+                        self.shared.input(Input::Shutdown);
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => self.shared.input(Input::Timeout),
                 // INVARIANT: `self.tx` lives as long as `self`, so the channel cannot close.
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        // Return only once the leader work has stopped (it has been told to), giving it at most
-        // a renew deadline.
-        let work = term.take().map(|t| {
+        // Return once the leader work has stopped (it has been told to), or has been given up.
+        if let Some(t) = term.take() {
             t.stop.stop();
-            t.id
-        });
-        if let Some(id) = work.or(awaiting_work) {
-            let give_up = clock.now().instant + self.config.renew_deadline;
+            if !t.returned {
+                stopping = Some(Stopping {
+                    id: t.id,
+                    wait_until: self.give_up_at(t.until),
+                });
+            }
+        }
+        if let Some(s) = stopping {
             loop {
-                match self.rx.recv_timeout(clock.until(give_up)) {
-                    Ok(Message::WorkStopped(done)) if done == id => break,
+                match self.rx.recv_timeout(
+                    s.wait_until
+                        .saturating_duration_since(std::time::Instant::now()),
+                ) {
+                    Ok(Message::WorkEnded(id, panic)) if id == s.id => {
+                        if let Some(message) = panic {
+                            self.shared.work_panicked(&describe, message);
+                        }
+                        break;
+                    }
                     Ok(_) => {}
                     Err(_) => break,
                 }
@@ -443,18 +543,35 @@ impl<L: BlockingLock> LeaderElector<L> {
         if self.core.exit() {
             (self.on_stopped)();
         }
-        drop(ops_tx);
-        // The I/O thread ends once its queue is drained; a call hung in the lock is left behind.
-        if io.is_finished() {
-            let _ = io.join();
+        watching.store(false, Ordering::SeqCst);
+        if let Some(watcher) = watcher {
+            let _ = watcher.join();
         }
+        for (call, deadline) in calls {
+            // A call into a lock that honours its deadline ends by then; one that does not is
+            // left to finish on its own.
+            while !call.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if call.is_finished() {
+                let _ = call.join();
+            }
+        }
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner) = self.shared.state();
+        self.done.set();
+    }
+
+    /// Until when the driver's exit waits for a work told to stop now: the end of its term,
+    /// or one retry period from now if that is later.
+    fn give_up_at(&self, until: std::time::Instant) -> std::time::Instant {
+        until.max(std::time::Instant::now() + self.config.retry_period)
     }
 
     fn apply(
         &mut self,
         effect: Effect,
         term: &mut Option<Term>,
-        awaiting_work: &mut Option<u64>,
+        stopping: &mut Option<Stopping>,
         next_term: &mut u64,
     ) {
         let clock = self.shared.clock;
@@ -470,7 +587,8 @@ impl<L: BlockingLock> LeaderElector<L> {
                 *next_term += 1;
                 let id = *next_term;
                 let stop = StopSignal::default();
-                stop.set_deadline(clock.std_instant(leader_until));
+                let until = clock.std_instant(leader_until);
+                stop.set_deadline(until);
                 let (work, tx, ctx) = (
                     self.on_started.clone(),
                     self.tx.clone(),
@@ -480,23 +598,35 @@ impl<L: BlockingLock> LeaderElector<L> {
                     },
                 );
                 std::thread::spawn(move || {
-                    work(ctx);
-                    let _ = tx.send(Message::WorkStopped(id));
+                    let ended =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(ctx)));
+                    let panic = ended.err().map(super::panic_message);
+                    let _ = tx.send(Message::WorkEnded(id, panic));
                 });
-                *term = Some(Term { id, stop });
+                *term = Some(Term {
+                    id,
+                    stop,
+                    returned: false,
+                    until,
+                });
             }
             Effect::ExtendWork { leader_until } => {
                 if let Some(t) = term {
-                    t.stop.set_deadline(clock.std_instant(leader_until));
+                    t.until = clock.std_instant(leader_until);
+                    t.stop.set_deadline(t.until);
                 }
             }
             Effect::StopWork => {
-                let stopped = term.take().map(|t| {
+                let running = term.take().and_then(|t| {
                     t.stop.stop();
-                    t.id
+                    (!t.returned).then(|| Stopping {
+                        id: t.id,
+                        wait_until: self.give_up_at(t.until),
+                    })
                 });
-                match stopped {
-                    Some(id) => *awaiting_work = Some(id),
+                match running {
+                    Some(s) => *stopping = Some(s),
+                    // The work had already returned.
                     None => self.shared.input(Input::LeaderWorkStopped),
                 }
             }
@@ -510,11 +640,24 @@ impl<L: BlockingLock> LeaderElector<L> {
     }
 }
 
-fn tracing_warn(e: &LockError) {
-    #[cfg(feature = "kube")]
-    tracing::warn!(error = %e, "watch");
-    #[cfg(not(feature = "kube"))]
-    let _ = e;
+/// The watch thread: forwards changes to the driver until the driver stops watching (checked
+/// every 100 ms, so it ends promptly even when the lock never changes again).
+fn forward_changes(
+    changes: &Receiver<Result<Sighting, LockError>>,
+    tx: &Sender<Message>,
+    watching: &AtomicBool,
+) {
+    while watching.load(Ordering::SeqCst) {
+        let message = match changes.recv_timeout(Duration::from_millis(100)) {
+            Ok(Ok(seen)) => Message::Observed(seen),
+            Ok(Err(e)) => Message::WatchError(e),
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        if tx.send(message).is_err() {
+            return;
+        }
+    }
 }
 
 #[cfg(feature = "kube")]
@@ -534,17 +677,35 @@ mod remote {
     use crate::record::{LeaderElectionRecord, Version};
 
     enum Job {
-        Execute(LockRequest, mpsc::Sender<LockResult>),
+        Execute(LockRequest, std::time::Instant, mpsc::Sender<LockResult>),
         Watch(mpsc::Sender<Option<mpsc::Receiver<Result<Sighting, LockError>>>>),
-        Event(String),
+        Event(String, Duration),
+        Stop,
     }
 
+    /// How long a call made through the plain [`BlockingLock`] methods (`get`, `create`,
+    /// `update`, no deadline of their own) may take.
+    const CALL_LIMIT: Duration = Duration::from_secs(30);
+
     /// An async [`Lock`] (a Kubernetes lock) run on a private single-threaded runtime on its
-    /// own thread, behind the [`BlockingLock`] interface.
+    /// own thread, behind the [`BlockingLock`] interface. Every call is cut off at its
+    /// deadline, on the runtime and on the caller's side. Dropping it stops the runtime and
+    /// joins its thread.
     pub struct RemoteLock {
         jobs: ::tokio::sync::mpsc::UnboundedSender<Job>,
         describe: String,
         precision: Duration,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Drop for RemoteLock {
+        fn drop(&mut self) {
+            let _ = self.jobs.send(Job::Stop);
+            if let Some(thread) = self.thread.take() {
+                // The runtime stops at once: calls in flight are cancelled with it.
+                let _ = thread.join();
+            }
+        }
     }
 
     impl RemoteLock {
@@ -573,7 +734,7 @@ mod remote {
         {
             let (ready_tx, ready_rx) = mpsc::channel::<Result<(String, Duration), String>>();
             let (jobs, mut queue) = ::tokio::sync::mpsc::unbounded_channel::<Job>();
-            std::thread::spawn(move || {
+            let thread = std::thread::spawn(move || {
                 let runtime = match ::tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -596,9 +757,15 @@ mod remote {
                     while let Some(job) = queue.recv().await {
                         let lock = lock.clone();
                         match job {
-                            Job::Execute(request, reply) => {
+                            Job::Stop => return,
+                            Job::Execute(request, deadline, reply) => {
                                 ::tokio::spawn(async move {
-                                    let _ = reply.send(lock.execute(request).await);
+                                    let deadline = ::tokio::time::Instant::from_std(deadline);
+                                    let call = lock.execute(request);
+                                    let result = ::tokio::time::timeout_at(deadline, call)
+                                        .await
+                                        .unwrap_or_else(|_| Err(timed_out()));
+                                    let _ = reply.send(result);
                                 });
                             }
                             Job::Watch(reply) => {
@@ -617,8 +784,11 @@ mod remote {
                                     }
                                 });
                             }
-                            Job::Event(message) => {
-                                ::tokio::spawn(async move { lock.record_event(&message).await });
+                            Job::Event(message, limit) => {
+                                ::tokio::spawn(async move {
+                                    let event = lock.record_event(&message);
+                                    let _ = ::tokio::time::timeout(limit, event).await;
+                                });
                             }
                         }
                     }
@@ -631,16 +801,33 @@ mod remote {
                 jobs,
                 describe,
                 precision,
+                thread: Some(thread),
             })
         }
 
         fn call(&self, request: LockRequest) -> LockResult {
+            self.call_until(request, std::time::Instant::now() + CALL_LIMIT)
+        }
+
+        fn call_until(&self, request: LockRequest, deadline: std::time::Instant) -> LockResult {
             let (tx, rx) = mpsc::channel();
             self.jobs
-                .send(Job::Execute(request, tx))
+                .send(Job::Execute(request, deadline, tx))
                 .map_err(|_| gone())?;
-            rx.recv().map_err(|_| gone())?
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(result) => result,
+                Err(mpsc::RecvTimeoutError::Timeout) => Err(timed_out()),
+                Err(mpsc::RecvTimeoutError::Disconnected) => Err(gone()),
+            }
         }
+    }
+
+    fn timed_out() -> LockError {
+        LockError::new(
+            LockErrorKind::Timeout,
+            "no answer before the operation's deadline",
+        )
     }
 
     fn gone() -> LockError {
@@ -692,7 +879,11 @@ mod remote {
         }
 
         fn record_event(&self, message: &str) {
-            let _ = self.jobs.send(Job::Event(message.to_string()));
+            let _ = self.jobs.send(Job::Event(message.to_string(), CALL_LIMIT));
+        }
+
+        fn execute_until(&self, request: LockRequest, deadline: std::time::Instant) -> LockResult {
+            self.call_until(request, deadline)
         }
     }
 }

@@ -102,6 +102,8 @@ struct Faults {
     fail_every: Option<(u64, u16)>,
     hang: bool,
     drop_next: u32,
+    /// The next this many requests are never answered (until the server stops).
+    black_hole_next: u32,
 }
 
 #[derive(Default)]
@@ -240,6 +242,11 @@ impl ApiServer {
     }
 
     /// While on, requests get no answer (they wait); turning it off releases them.
+    /// The next `n` requests are never answered, not even when the hang is lifted.
+    pub fn black_hole_next(&self, n: u32) {
+        self.state().faults.black_hole_next += n;
+    }
+
     pub fn hang(&self, on: bool) {
         self.state().faults.hang = on;
         if !on {
@@ -451,7 +458,7 @@ async fn handle(
         .collect();
 
     // Faults first.
-    let (latency, injected_status, hang, drop) = {
+    let (latency, injected_status, hang, drop, black_hole) = {
         let mut st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
         st.served += 1;
         st.requests.push(format!("{method} {}", req.uri()));
@@ -461,12 +468,20 @@ async fn handle(
         if drop {
             f.drop_next -= 1;
         }
+        let black_hole = f.black_hole_next > 0;
+        if black_hole {
+            f.black_hole_next -= 1;
+        }
         let status = f.fail_next.pop_front().or_else(|| {
             f.fail_every
                 .and_then(|(n, code)| (n > 0 && served.is_multiple_of(n)).then_some(code))
         });
-        (f.latency, status, f.hang, drop)
+        (f.latency, status, f.hang, drop, black_hole)
     };
+    if black_hole {
+        // A request lost in the network: no answer, no error, ever.
+        std::future::pending::<()>().await;
+    }
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }

@@ -525,7 +525,6 @@ async fn multilock_over_endpoints_and_lease() {
     let lock = MultiLock::new(
         EndpointsLock::new(server.client(), NS, "m"),
         LeaseLock::new(server.client(), NS, "m"),
-        id("baz"),
     );
     assert!(run_elector(&lock, 3).await.leading);
     assert!(server.object(Kind::Endpoints, NS, "m").is_some());

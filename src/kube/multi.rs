@@ -6,11 +6,13 @@ use crate::record::{Identity, LeaderElectionRecord, UNKNOWN_LEADER, Version, Ver
 /// A primary and a secondary lock treated as one, as client-go's MultiLock (used to migrate
 /// from Endpoints or ConfigMap locks to Leases while old and new clients run side by side).
 ///
-/// * `get` reads both. A missing secondary is fine while the primary is held by someone else
-///   (an old client that knows only the primary). When the two name different holders, the
-///   record names [`UNKNOWN_LEADER`], which nobody can be, so nobody takes over until it
-///   expires.
-/// * `create` creates the primary (tolerating one that exists) and then the secondary.
+/// * `get` reads both. A missing secondary is not an error: the primary's record stands (an
+///   old client that knows only the primary holds it, or our own write of the secondary
+///   failed, which the next update repairs by creating it). When the two name different
+///   holders, the record names [`UNKNOWN_LEADER`], which nobody can be, so nobody takes over
+///   until it expires.
+/// * `create` creates the primary, then the secondary. A primary that already exists is a
+///   lost race (client-go ignores it and goes on to lead next to whoever created it).
 /// * `update` writes the primary (compare-and-swap on its version), then creates or updates the
 ///   secondary.
 ///
@@ -18,17 +20,12 @@ use crate::record::{Identity, LeaderElectionRecord, UNKNOWN_LEADER, Version, Ver
 pub struct MultiLock<P, S> {
     primary: P,
     secondary: S,
-    identity: Identity,
 }
 
 impl<P: Lock, S: Lock> MultiLock<P, S> {
-    /// Combines `primary` and `secondary` for the candidate `identity`.
-    pub fn new(primary: P, secondary: S, identity: Identity) -> Self {
-        MultiLock {
-            primary,
-            secondary,
-            identity,
-        }
+    /// Combines `primary` and `secondary`.
+    pub fn new(primary: P, secondary: S) -> Self {
+        MultiLock { primary, secondary }
     }
 }
 
@@ -51,21 +48,13 @@ impl<P: Lock, S: Lock> Lock for MultiLock<P, S> {
         let Some(primary) = self.primary.get().await? else {
             return Ok(None);
         };
-        let secondary = match self.secondary.get().await? {
-            Some(secondary) => secondary,
-            // Held by an old client that does not know the secondary: the primary rules.
-            None if !primary.value.is_held_by(&self.identity) => {
-                return Ok(Some(Versioned {
-                    version: join(&primary.version, None),
-                    value: primary.value,
-                }));
-            }
-            None => {
-                return Err(LockError::new(
-                    LockErrorKind::NotFound,
-                    format!("{} is missing its secondary", self.describe()),
-                ));
-            }
+        let Some(secondary) = self.secondary.get().await? else {
+            // Held by an old client that does not know the secondary, or by us after a failed
+            // write of the secondary: the primary rules, and our next update creates it.
+            return Ok(Some(Versioned {
+                version: join(&primary.version, None),
+                value: primary.value,
+            }));
         };
         let mut value = primary.value;
         if value.holder != secondary.value.holder {
@@ -78,16 +67,18 @@ impl<P: Lock, S: Lock> Lock for MultiLock<P, S> {
     }
 
     async fn create(&self, record: LeaderElectionRecord) -> Result<Version, LockError> {
-        let primary = match self.primary.create(record.clone()).await {
+        // An existing primary is a lost race: someone (perhaps an old, primary-only client)
+        // created it first. client-go ignores it and leads alongside.
+        let primary = self.primary.create(record.clone()).await?;
+        let secondary = match self.secondary.create(record.clone()).await {
             Ok(v) => v,
-            // client-go ignores an existing primary here.
-            Err(e) if e.kind == LockErrorKind::AlreadyExists => match self.primary.get().await? {
-                Some(current) => current.version,
+            // A leftover secondary (its primary was deleted): take it over, we hold the primary.
+            Err(e) if e.kind == LockErrorKind::AlreadyExists => match self.secondary.get().await? {
+                Some(current) => self.secondary.update(current.version, record).await?,
                 None => return Err(e),
             },
             Err(e) => return Err(e),
         };
-        let secondary = self.secondary.create(record).await?;
         Ok(join(&primary, Some(&secondary)))
     }
 
@@ -191,7 +182,7 @@ mod tests {
 
     fn multi() -> (MemoryLock, MemoryLock, MultiLock<MemoryLock, MemoryLock>) {
         let (p, s) = (MemoryLock::new(), MemoryLock::new());
-        let m = MultiLock::new(p.clone(), s.clone(), baz());
+        let m = MultiLock::new(p.clone(), s.clone());
         (p, s, m)
     }
 
@@ -277,6 +268,33 @@ mod tests {
         s.create(record("baz")).expect("absent");
         assert!(drive(&m, 6).0, "renews past one renew deadline");
         assert_eq!(p.get().map(|r| r.value.leader_transitions), Some(0));
+    }
+
+    #[test]
+    fn a_primary_created_by_an_old_client_first_is_a_lost_race() {
+        // An old, primary-only client creates the primary between our read and our create:
+        // before, our create ignored that and we led alongside it.
+        let (p, s, m) = multi();
+        p.create(record("bing")).expect("absent");
+        let err = block_on(m.create(record("baz"))).expect_err("lost race");
+        assert_eq!(err.kind, LockErrorKind::AlreadyExists);
+        assert!(
+            p.get()
+                .is_some_and(|r| r.value.is_held_by(&Identity::new("bing").expect("id")))
+        );
+        assert_eq!(s.get(), None, "no secondary written");
+    }
+
+    #[test]
+    fn a_missing_secondary_under_our_primary_is_repaired() {
+        // Our create of the secondary failed once: before, every read then said NotFound and
+        // the candidate never led again.
+        let (p, s, m) = multi();
+        p.create(record("baz")).expect("absent");
+        let seen = block_on(m.get()).expect("readable").expect("present");
+        assert!(seen.value.is_held_by(&baz()));
+        assert!(drive(&m, 6).0, "renews, creating the secondary");
+        assert!(s.get().is_some_and(|r| r.value.is_held_by(&baz())));
     }
 
     #[test]

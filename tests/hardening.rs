@@ -519,3 +519,53 @@ fn no_busy_loop_at_the_end_of_time() {
     }
     assert!(ops <= MAX_OPS_PER_RETRY_PERIOD, "{ops}");
 }
+
+// ---- Retry-After ---------------------------------------------------------------------------
+
+fn overloaded(secs: u64) -> leasehold::LockResult {
+    Err(
+        leasehold::LockError::new(LockErrorKind::Unavailable, "429 Too Many Requests")
+            .with_retry_after(Duration::from_secs(secs)),
+    )
+}
+
+#[test]
+fn a_follower_waits_as_long_as_the_server_asks() {
+    let mut h = Harness::new(config());
+    h.answer(overloaded(30));
+    let failed_at = h.now;
+    while h.pending.is_none() {
+        h.wake();
+    }
+    assert!(
+        h.now >= failed_at + Duration::from_secs(30),
+        "retried at {}",
+        h.now
+    );
+}
+
+#[test]
+fn a_leader_waits_as_asked_but_still_retries_within_its_term() {
+    let mut c = Config::new(id("baz")); // LD 15 s, RD 10 s, operation timeout 5 s
+    c.retry_period = Duration::from_secs(1);
+    let mut h = Harness::new(c.clone());
+    h.answer(absent());
+    h.answer(written("1"));
+    let until = h.elector.leader_until().expect("leading");
+    h.wake(); // renewal at 1 s
+    h.answer(overloaded(60));
+    let failed_at = h.now;
+    while h.pending.is_none() {
+        h.wake();
+    }
+    assert!(
+        h.now > failed_at + c.retry_period,
+        "waited longer than usual"
+    );
+    assert!(
+        h.now + c.operation_timeout() <= until,
+        "but still within the term: {} vs {until}",
+        h.now
+    );
+    assert!(h.is_leader());
+}

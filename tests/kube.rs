@@ -608,3 +608,19 @@ async fn run_elector_with(config: Config, lock: &impl Lock, secs: u64, shutdown:
     }
     run
 }
+
+/// A 429 with `Retry-After` reaches the elector as a pause to honour.
+#[tokio::test]
+async fn retry_after_is_read_from_the_status() {
+    let server = ApiServer::start().await;
+    let lock = LeaseLock::new(server.client(), NS, "busy");
+    server.fail_next(&[429]);
+    let error = lock.get().await.expect_err("overloaded");
+    assert_eq!(error.kind, LockErrorKind::Unavailable);
+    assert_eq!(
+        error.retry_after,
+        Some(Duration::from_secs(u64::from(
+            apiserver::INJECTED_RETRY_AFTER_SECONDS
+        )))
+    );
+}

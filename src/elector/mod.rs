@@ -587,16 +587,36 @@ impl Elector {
         // A retry waits a retry period from the failed attempt; a lost race may be retried at
         // once, but only as often as `hurry` allows.
         let scheduled = (f.issued_at + self.config.retry_period).max(now);
+        // The store asked for a pause: honour it, but a leader (or a release) still retries
+        // while one operation can finish before its term (or the release) ends: a retry after
+        // that would be moot, one before it may still save them.
+        let asked = error.retry_after.map(|d| now + d);
+        let op = self.config.operation_timeout();
+        let bound = match &self.phase {
+            Phase::Leading { leader_until, .. } => leader_until.saturating_sub(op),
+            Phase::Releasing { deadline, .. } => deadline.saturating_sub(op),
+            _ => Instant::MAX,
+        };
+        let scheduled = scheduled.max(asked.map_or(scheduled, |at| at.min(bound)));
         let following = matches!(self.phase, Phase::Following(_));
-        let retry_at = if lost_race && !following {
+        let retry_at = if lost_race && !following && asked.is_none() {
             self.hurry(scheduled, Early::LostRace)
         } else {
             scheduled
         };
         match &mut self.phase {
             // The attempt's schedule was set when it started; after a lost race `follower_due`
-            // brings the next one forward if the pace allows.
-            Phase::Following(follow) => follow.raced |= lost_race,
+            // brings the next one forward if the pace allows. A pause the store asked for
+            // postpones it, and cancels any early attempt.
+            Phase::Following(follow) => {
+                if let Some(at) = asked {
+                    follow.next_poll = follow.next_poll.max(at);
+                    follow.raced = false;
+                    follow.news = false;
+                } else {
+                    follow.raced |= lost_race;
+                }
+            }
             Phase::Leading {
                 next_renew,
                 slow_path,

@@ -537,7 +537,19 @@ pub(crate) fn classify(what: &str, e: kube::Error) -> LockError {
         kube::Error::SerdeError(_) => LockErrorKind::InvalidRecord,
         _ => LockErrorKind::Other,
     };
-    LockError::new(kind, format!("{what}: {e}"))
+    let retry_after = match &e {
+        kube::Error::Api(status) => status
+            .details
+            .as_ref()
+            .map(|d| d.retry_after_seconds)
+            .filter(|&s| s > 0),
+        _ => None,
+    };
+    let error = LockError::new(kind, format!("{what}: {e}"));
+    match retry_after {
+        Some(secs) => error.with_retry_after(std::time::Duration::from_secs(u64::from(secs))),
+        None => error,
+    }
 }
 
 #[cfg(test)]

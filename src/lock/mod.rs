@@ -54,6 +54,10 @@ pub struct LockError {
     pub kind: LockErrorKind,
     /// What the store said.
     pub message: String,
+    /// How long the store asked to wait before the next request (HTTP `Retry-After`, a
+    /// Kubernetes `Status`'s `details.retryAfterSeconds`). The elector honours it, but never
+    /// past the end of a term or of a release.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl LockError {
@@ -62,7 +66,15 @@ impl LockError {
         LockError {
             kind,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same failure, with the store's request to wait `retry_after` before retrying.
+    #[must_use]
+    pub fn with_retry_after(mut self, retry_after: std::time::Duration) -> Self {
+        self.retry_after = Some(retry_after);
+        self
     }
 }
 

@@ -374,8 +374,36 @@ fn injected(code: u16) -> Response<Body> {
         403 => "Forbidden",
         _ => "Unknown",
     };
-    status(code, reason, format!("injected fault: {reason}"), None, "")
+    let message = format!("injected fault: {reason}");
+    if !matches!(code, 429 | 503) {
+        return status(code, reason, message, None, "");
+    }
+    let body = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "details": {"retryAfterSeconds": INJECTED_RETRY_AFTER_SECONDS},
+        "code": code,
+    });
+    let mut response = respond(
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &body,
+    );
+    {
+        // What the API server's max-in-flight and priority-and-fairness filters send.
+        response.headers_mut().insert(
+            "retry-after",
+            hyper::header::HeaderValue::from(INJECTED_RETRY_AFTER_SECONDS),
+        );
+    }
+    response
 }
+
+/// The `Retry-After` (header and `details.retryAfterSeconds`) of an injected 429 or 503.
+pub const INJECTED_RETRY_AFTER_SECONDS: u32 = 3;
 
 fn respond(code: StatusCode, body: &Value) -> Response<Body> {
     let bytes = serde_json::to_vec(body).unwrap_or_default();

@@ -624,3 +624,63 @@ async fn retry_after_is_read_from_the_status() {
         )))
     );
 }
+
+// ---- preflight and misconfiguration ------------------------------------------------------
+
+#[tokio::test]
+async fn preflight_passes_when_all_is_well_and_writes_nothing() {
+    let server = ApiServer::start().await;
+    let lock = LeaseLock::new(server.client(), NS, "pre");
+    lock.preflight().await.expect("all is well");
+    assert!(
+        server.object(Kind::Lease, NS, "pre").is_none(),
+        "dry run only"
+    );
+    lock.create(record("baz")).await.expect("created");
+    lock.preflight()
+        .await
+        .expect("an existing lock is fine too");
+}
+
+#[tokio::test]
+async fn preflight_names_a_missing_namespace() {
+    let server = ApiServer::start().await;
+    server.remove_namespace("gone");
+    let lock = LeaseLock::new(server.client(), "gone", "pre");
+    let error = lock.preflight().await.expect_err("missing namespace");
+    assert_eq!(
+        error,
+        leasehold::kube::PreflightError::NamespaceMissing {
+            namespace: "gone".into()
+        }
+    );
+    // And the lock itself says so on create.
+    let create = lock.create(record("baz")).await.expect_err("no namespace");
+    assert!(
+        create.message.contains("namespaces \"gone\" not found"),
+        "{create}"
+    );
+}
+
+#[tokio::test]
+async fn preflight_names_missing_permissions_and_the_role_to_grant() {
+    let server = ApiServer::start().await;
+    server.deny("update", "leases");
+    server.deny("watch", "leases");
+    let lock = LeaseLock::new(server.client(), NS, "pre");
+    let error = lock.preflight().await.expect_err("forbidden");
+    let text = error.to_string();
+    assert!(
+        text.contains("may not watch, update leases.coordination.k8s.io"),
+        "{text}"
+    );
+    assert!(text.contains("kind: Role"), "{text}");
+    assert!(
+        text.contains("apiGroups: [\"coordination.k8s.io\"]"),
+        "{text}"
+    );
+    // The refused verb fails for real, classified as such.
+    let v = lock.create(record("baz")).await.expect("create is allowed");
+    let update = lock.update(v, record("baz")).await.expect_err("403");
+    assert_eq!(update.kind, LockErrorKind::Unauthorized);
+}

@@ -809,3 +809,63 @@ async fn no_task_outlives_a_shutdown() {
         .num_alive_tasks();
     assert_eq!(alive, baseline, "tasks left behind");
 }
+
+/// A missing namespace: GET says absent, POST says 404 `namespaces ... not found`. Before:
+/// about 2,000 requests a second from one candidate, nothing logged, nothing on the handle.
+/// Now: no more than the elector's pace allows, and the error on the handle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_missing_namespace_costs_a_few_requests_and_says_so() {
+    let server = ApiServer::start().await;
+    server.remove_namespace("gone");
+    let log = Log::default();
+    let config = fast("a");
+    let rp = config.retry_period;
+    let handle = spawn(config, LeaseLock::new(server.client(), "gone", "ctl"), &log);
+    let run = Duration::from_secs(3);
+    sleep(run).await;
+    let requests = server.requests().len();
+    let bound =
+        leasehold::elector::MAX_OPS_PER_RETRY_PERIOD * (run.as_millis() / rp.as_millis()) as usize;
+    assert!(
+        requests <= bound,
+        "{requests} requests in {run:?} (bound {bound})"
+    );
+    assert!(requests >= 10, "it keeps trying: {requests}");
+    let state = handle.state().borrow().clone();
+    let report = state.last_error.expect("the error is on the handle");
+    assert!(
+        report
+            .error
+            .message
+            .contains("namespaces \"gone\" not found"),
+        "{report:?}"
+    );
+    handle.shutdown().await;
+}
+
+/// RBAC refuses updates: every renewal gets 403; the leader loses its term, the error is on the
+/// handle, and the request rate stays paced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_forbidden_updates_are_paced_and_visible() {
+    let server = ApiServer::start().await;
+    server.deny("update", "leases");
+    let log = Log::default();
+    let mut config = fast("a");
+    config.after_loss = AfterLoss::Recontend;
+    let rp = config.retry_period;
+    let handle = spawn(
+        config,
+        LeaseLock::new(server.client(), "default", "ctl"),
+        &log,
+    );
+    let run = Duration::from_secs(3);
+    sleep(run).await;
+    let requests = server.requests().len();
+    let bound =
+        leasehold::elector::MAX_OPS_PER_RETRY_PERIOD * (run.as_millis() / rp.as_millis()) as usize;
+    assert!(requests <= bound, "{requests} requests");
+    let state = handle.state().borrow().clone();
+    let report = state.last_error.expect("the error is on the handle");
+    assert_eq!(report.error.kind, leasehold::LockErrorKind::Unauthorized);
+    handle.shutdown().await;
+}

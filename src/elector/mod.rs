@@ -220,6 +220,16 @@ struct InFlight {
     write: Option<Write>,
 }
 
+impl InFlight {
+    /// Whether `error` means someone else changed the lock first. A create answered NotFound
+    /// is not one: the namespace (or the resource) is missing, a misconfiguration that no
+    /// retry at once can mend.
+    fn lost_race(&self, error: &LockError) -> bool {
+        let create = self.write.as_ref().is_some_and(|w| w.expected.is_none());
+        error.kind.is_lost_race() && !(create && error.kind == LockErrorKind::NotFound)
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Write {
     record: LeaderElectionRecord,
@@ -278,13 +288,14 @@ impl Elector {
             Input::Timeout(_) => {}
             Input::LockResult { op, result, .. } => match self.in_flight.take() {
                 Some(f) if f.op == op => {
-                    self.note_answer(&result);
+                    self.note_answer(&f, &result);
                     self.handle_result(f, result);
                 }
                 other => self.in_flight = other,
             },
             Input::Observed { record, .. } => {
-                self.note_answer(&Ok(LockResponse::Record(None)));
+                self.last_contact = self.now;
+                self.last_failure = None;
                 self.handle_observed(record);
             }
             // Only an acknowledgement of a stop counts: a stale or duplicate report during a
@@ -431,9 +442,9 @@ impl Elector {
 
     /// Keeps track of whether the lock answers, for [`Elector::check`] and
     /// [`Elector::last_error`].
-    fn note_answer(&mut self, result: &LockResult) {
+    fn note_answer(&mut self, f: &InFlight, result: &LockResult) {
         match result {
-            Err(e) if !e.kind.is_lost_race() => {
+            Err(e) if !f.lost_race(e) => {
                 let n = self.last_failure.as_ref().map_or(0, |(_, n)| *n);
                 self.last_failure = Some((e.clone(), n + 1));
             }
@@ -578,7 +589,7 @@ impl Elector {
 
     fn handle_failure(&mut self, f: &InFlight, error: &LockError) {
         let now = self.now;
-        let lost_race = error.kind.is_lost_race();
+        let lost_race = f.lost_race(error);
         // After a lost race the store has moved on; after any other failed write it may have
         // applied it. Either way, read before writing again.
         if lost_race || f.write.is_some() {
@@ -730,7 +741,7 @@ impl Elector {
                 LockErrorKind::Timeout,
                 format!("{} did not answer before its deadline", f.op),
             );
-            self.note_answer(&Err(e.clone()));
+            self.note_answer(&f, &Err(e.clone()));
             self.handle_failure(&f, &e);
         }
         match &self.phase {

@@ -522,6 +522,120 @@ impl<K: LockObject> ObjectLock<K> {
     }
 }
 
+/// What [`ObjectLock::preflight`] found wrong: a misconfiguration to fix before contending.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PreflightError {
+    /// The lock's namespace does not exist.
+    #[error("namespace {namespace:?} does not exist: create it, or point the lock elsewhere")]
+    NamespaceMissing {
+        /// The namespace.
+        namespace: String,
+    },
+    /// RBAC does not let this identity use the lock.
+    #[error(
+        "this identity may not {} {resource} in namespace {namespace:?}; bind it to a Role like this one:\n{role}",
+        verbs.join(", ")
+    )]
+    Forbidden {
+        /// The namespace.
+        namespace: String,
+        /// The resource, e.g. `leases.coordination.k8s.io`.
+        resource: String,
+        /// The verbs refused.
+        verbs: Vec<String>,
+        /// A Role that grants what the lock needs, as YAML.
+        role: String,
+    },
+    /// The API server could not be asked.
+    #[error("the preflight check could not ask the API server: {0}")]
+    Unreachable(String),
+}
+
+impl<K: LockObject> ObjectLock<K> {
+    /// Checks, before contending, what would otherwise surface only as a stream of failed
+    /// operations: that this identity may get, create, update, list and watch the lock's kind
+    /// in its namespace (SelfSubjectAccessReviews, which every authenticated user may make),
+    /// and that the namespace exists (a dry-run create of the lock, which needs no other
+    /// permission and writes nothing).
+    ///
+    /// # Errors
+    /// [`PreflightError`], with a Role to apply when permissions are missing.
+    pub async fn preflight(&self) -> Result<(), PreflightError> {
+        use k8s_openapi::api::authorization::v1::{
+            ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+        };
+        let client = self.api.clone().into_client();
+        let reviews: Api<SelfSubjectAccessReview> = Api::all(client);
+        let group = K::group(&()).into_owned();
+        let plural = K::plural(&()).into_owned();
+        let mut refused = Vec::new();
+        for verb in ["get", "list", "watch", "create", "update"] {
+            let review = SelfSubjectAccessReview {
+                spec: SelfSubjectAccessReviewSpec {
+                    resource_attributes: Some(ResourceAttributes {
+                        namespace: Some(self.namespace.clone()),
+                        verb: Some(verb.to_string()),
+                        group: Some(group.clone()),
+                        resource: Some(plural.clone()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let answer = reviews
+                .create(&PostParams::default(), &review)
+                .await
+                .map_err(|e| PreflightError::Unreachable(e.to_string()))?;
+            if !answer.status.is_some_and(|s| s.allowed) {
+                refused.push(verb.to_string());
+            }
+        }
+        let resource = if group.is_empty() {
+            plural.clone()
+        } else {
+            format!("{plural}.{group}")
+        };
+        if !refused.is_empty() {
+            return Err(PreflightError::Forbidden {
+                namespace: self.namespace.clone(),
+                resource,
+                verbs: refused,
+                role: role_yaml(&self.namespace, &group, &plural),
+            });
+        }
+        let mut probe = K::default();
+        probe.meta_mut().name = Some(self.name.clone());
+        probe.meta_mut().namespace = Some(self.namespace.clone());
+        probe.set_record(&LeaderElectionRecord {
+            lease_duration_seconds: 1,
+            ..Default::default()
+        });
+        let dry_run = PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        match self.api.create(&dry_run, &probe).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                Err(PreflightError::NamespaceMissing {
+                    namespace: self.namespace.clone(),
+                })
+            }
+            Err(e) => Err(PreflightError::Unreachable(e.to_string())),
+        }
+    }
+}
+
+/// A Role granting what a lock of `group`/`plural` needs in `namespace`.
+fn role_yaml(namespace: &str, group: &str, plural: &str) -> String {
+    format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: leader-election\n  namespace: {namespace}\nrules:\n  - apiGroups: [\"{group}\"]\n    resources: [\"{plural}\"]\n    verbs: [\"get\", \"list\", \"watch\", \"create\", \"update\"]\n"
+    )
+}
+
 /// Maps a kube error onto the classes the elector acts on, keeping the server's message.
 pub(crate) fn classify(what: &str, e: kube::Error) -> LockError {
     let kind = match &e {

@@ -19,9 +19,14 @@
 //!   as the real API server does (client-go once tripped on this when releasing).
 //! * Errors come as `Status` bodies: 404 `NotFound`, 409 `AlreadyExists` / `Conflict`, 422
 //!   `Invalid`, 429 `TooManyRequests`, 500 `InternalError`.
-//! * Faults on demand: latency, failing the next N requests or every Nth with a status,
-//!   hanging requests until released, dropping connections without an answer, and bursts of
-//!   writes by a foreign writer.
+//! * Faults on demand: latency, failing the next N requests or every Nth with a status (429
+//!   and 503 carry `Retry-After` and `details.retryAfterSeconds`), hanging requests until
+//!   released, black-holing requests for good, dropping connections without an answer, bursts
+//!   of writes by a foreign writer, a deleted namespace (reads 404, creates 404 `namespaces
+//!   "x" not found`), and RBAC refusing verbs (403 on the request, `allowed: false` in a
+//!   SelfSubjectAccessReview).
+//! * Namespaces (GET one), SelfSubjectAccessReviews, and dry-run creates (validated, not
+//!   stored), for preflight checks.
 //!
 //! # What it does not
 //!
@@ -117,6 +122,11 @@ struct State {
     served: u64,
     /// Updates that changed nothing (answered with the unchanged version).
     no_op_updates: u64,
+    /// Namespaces that do not exist (every other one does).
+    missing_namespaces: std::collections::BTreeSet<String>,
+    /// (verb, resource) pairs RBAC refuses: 403 on the request, `allowed: false` in a
+    /// SelfSubjectAccessReview.
+    denied: std::collections::BTreeSet<(String, String)>,
 }
 
 struct Shared {
@@ -242,6 +252,22 @@ impl ApiServer {
     }
 
     /// While on, requests get no answer (they wait); turning it off releases them.
+    /// Deletes namespace `ns`: its objects are gone, reads answer 404, creates answer 404
+    /// `namespaces "ns" not found`, as the API server does.
+    pub fn remove_namespace(&self, ns: &str) {
+        let mut st = self.state();
+        st.missing_namespaces.insert(ns.to_string());
+        st.objects.retain(|(_, namespace, _), _| namespace != ns);
+    }
+
+    /// RBAC refuses `verb` on `resource` (e.g. "update", "leases"): requests get 403, and a
+    /// SelfSubjectAccessReview says not allowed.
+    pub fn deny(&self, verb: &str, resource: &str) {
+        self.state()
+            .denied
+            .insert((verb.to_string(), resource.to_string()));
+    }
+
     /// The next `n` requests are never answered, not even when the hang is lifted.
     pub fn black_hole_next(&self, n: u32) {
         self.state().faults.black_hole_next += n;
@@ -535,6 +561,10 @@ async fn handle(
         return Ok(injected(code));
     }
 
+    let req = match namespace_or_review(&shared, &method, &path, req).await {
+        Ok(answer) => return Ok(answer),
+        Err(req) => req,
+    };
     let Some((kind, namespace, name)) = route(&path) else {
         return Ok(status(
             404,
@@ -552,6 +582,39 @@ async fn handle(
         .unwrap_or_default();
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
     let mut st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+    let verb = match (&method, &name) {
+        (&Method::GET, _) if query.get("watch").is_some_and(|w| w == "true") => "watch",
+        (&Method::GET, Some(_)) => "get",
+        (&Method::GET, None) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, _) => "delete",
+        _ => "",
+    };
+    let plural = kind.resource().split('.').next().unwrap_or_default();
+    if st.denied.contains(&(verb.to_string(), plural.to_string())) {
+        return Ok(status(
+            403,
+            "Forbidden",
+            format!(
+                "{} \"{}\" is forbidden: User \"system:serviceaccount:{namespace}:test\" cannot {verb} resource \"{plural}\" in the namespace \"{namespace}\"",
+                kind.resource(),
+                name.clone().unwrap_or_default()
+            ),
+            Some(kind),
+            name.as_deref().unwrap_or(""),
+        ));
+    }
+    if st.missing_namespaces.contains(&namespace) && verb == "create" {
+        return Ok(status(
+            404,
+            "NotFound",
+            format!("namespaces \"{namespace}\" not found"),
+            None,
+            &namespace,
+        ));
+    }
 
     Ok(match (method, name) {
         (Method::GET, Some(name)) => match st.objects.get(&(kind, namespace.clone(), name.clone()))
@@ -645,6 +708,11 @@ async fn handle(
             if let Some(meta) = object["metadata"].as_object_mut() {
                 meta.remove("resourceVersion");
                 meta.remove("uid");
+            }
+            if query.contains_key("dryRun") {
+                // Validated, not stored.
+                stamp(&mut object, kind, &namespace, &name, st.resource_version);
+                return Ok(respond(StatusCode::CREATED, &object));
             }
             st.resource_version += 1;
             let rv = st.resource_version;
@@ -767,4 +835,63 @@ fn validate(kind: Kind, object: &Value, name: &str) -> Option<Response<Body>> {
         ));
     }
     None
+}
+
+/// Namespaces (`GET /api/v1/namespaces/NAME`) and SelfSubjectAccessReviews, for preflight
+/// checks; `Err` hands back a request that is neither.
+async fn namespace_or_review(
+    shared: &Shared,
+    method: &Method,
+    path: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Request<Incoming>> {
+    let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method, seg.as_slice()) {
+        (&Method::GET, ["api", "v1", "namespaces", ns]) => {
+            let st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+            Ok(if st.missing_namespaces.contains(*ns) {
+                status(
+                    404,
+                    "NotFound",
+                    format!("namespaces \"{ns}\" not found"),
+                    None,
+                    ns,
+                )
+            } else {
+                respond(
+                    StatusCode::OK,
+                    &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+                )
+            })
+        }
+        (
+            &Method::POST,
+            [
+                "apis",
+                "authorization.k8s.io",
+                "v1",
+                "selfsubjectaccessreviews",
+            ],
+        ) => {
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let mut review: Value = serde_json::from_slice(&body).unwrap_or_else(|_| json!({}));
+            let attributes = &review["spec"]["resourceAttributes"];
+            let verb = attributes["verb"].as_str().unwrap_or("").to_string();
+            let resource = attributes["resource"].as_str().unwrap_or("").to_string();
+            let allowed = !shared
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .denied
+                .contains(&(verb, resource));
+            review["status"] = json!({"allowed": allowed});
+            Ok(respond(StatusCode::CREATED, &review))
+        }
+        _ => Err(req),
+    }
 }

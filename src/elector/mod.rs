@@ -33,7 +33,9 @@
 //!   `retry_period * (1 + jitter * u)` after the previous one started; a follower also wakes
 //!   exactly at expiry, and an observation that shows the lock free starts an attempt at once.
 //! * **Pace.** An operation is brought forward of its schedule at most once per
-//!   `retry_period` for each of two causes: a lost race (one immediate retry), and news (an
+//!   `retry_period` for each of two causes: a lost race (conflict, already exists, not found
+//!   on an update; one immediate retry; a create answered not found is a missing namespace,
+//!   not a race), and news (an
 //!   observation or an expiry that shows the lock free or changed). Otherwise it waits for the
 //!   schedule. Observations never postpone an attempt. An attempt is at most a read and a
 //!   write, so an elector issues at most [`MAX_OPS_PER_RETRY_PERIOD`] operations in any

@@ -869,3 +869,31 @@ async fn lease_forbidden_updates_are_paced_and_visible() {
     assert_eq!(report.error.kind, leasehold::LockErrorKind::Unauthorized);
     handle.shutdown().await;
 }
+
+/// The API server restarts on the same port (every connection, the watches too, cut): a short
+/// restart costs nothing, a long one costs the term and is recovered from once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_api_server_restarts_are_survived() {
+    let server = ApiServer::start().await;
+    let log = Log::default();
+    let watching = |n: &str| Config {
+        observation: Observation::Watch,
+        after_loss: AfterLoss::Recontend,
+        ..fast(n)
+    };
+    let handles = lease_candidates(&server, &["a", "b"], watching, &log).await;
+    until(&handles, Duration::from_secs(3), |l| l.is_some()).await;
+    let leader = leader_of(&handles).await.expect("a leader");
+    server.restart(Duration::from_millis(300)).await;
+    sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        leader_of(&handles).await,
+        Some(leader),
+        "a short restart costs nothing"
+    );
+    server.restart(Duration::from_secs(3)).await;
+    until(&handles, Duration::from_secs(10), |l| l.is_some()).await;
+    for h in handles {
+        h.shutdown().await;
+    }
+}

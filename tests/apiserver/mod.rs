@@ -138,13 +138,36 @@ struct Shared {
 pub struct ApiServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    task: tokio::task::JoinHandle<()>,
+    /// The accept loop; it owns the connections, so aborting it closes them all.
+    task: Mutex<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
-        self.task.abort();
+        self.task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .abort();
     }
+}
+
+fn serve(listener: TcpListener, shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            while connections.try_join_next().is_some() {}
+            let shared = shared.clone();
+            connections.spawn(async move {
+                let service = service_fn(move |req| handle(shared.clone(), req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
 }
 
 impl ApiServer {
@@ -158,22 +181,24 @@ impl ApiServer {
             state: Mutex::new(State::default()),
             unhang: Notify::new(),
         });
-        let for_task = shared.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let shared = for_task.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(shared.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let task = Mutex::new(serve(listener, shared.clone()));
         ApiServer { addr, shared, task }
+    }
+
+    /// Stops answering (every connection closed, new ones refused) for `down`, then listens
+    /// again on the same port with the same objects, as a restarted API server backed by the
+    /// same etcd does.
+    pub async fn restart(&self, down: Duration) {
+        self.task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .abort();
+        tokio::time::sleep(down).await;
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .expect("the same port again");
+        *self.task.lock().unwrap_or_else(PoisonError::into_inner) =
+            serve(listener, self.shared.clone());
     }
 
     /// A kube client for this server (call it inside a tokio runtime).

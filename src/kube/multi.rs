@@ -8,13 +8,14 @@ use crate::record::{Identity, LeaderElectionRecord, UNKNOWN_LEADER, Version, Ver
 ///
 /// * `get` reads both. A missing secondary is not an error: the primary's record stands (an
 ///   old client that knows only the primary holds it, or our own write of the secondary
-///   failed, which the next update repairs by creating it). When the two name different
-///   holders, the record names [`UNKNOWN_LEADER`], which nobody can be, so nobody takes over
-///   until it expires.
-/// * `create` creates the primary, then the secondary. A primary that already exists is a
-///   lost race (client-go ignores it and goes on to lead next to whoever created it).
-/// * `update` writes the primary (compare-and-swap on its version), then creates or updates the
-///   secondary.
+///   failed, which the next update repairs by creating it), and the same for a missing
+///   primary. When the two name different holders, the record names [`UNKNOWN_LEADER`],
+///   which nobody can be, so nobody takes over until it expires; a renewal of either object
+///   changes the combined record, so a client that writes only one of them is seen alive.
+/// * `create` creates the primary, then the secondary. Either one existing is a lost race
+///   (client-go ignores an existing primary and goes on to lead next to whoever created it).
+/// * `update` writes each object conditional on the version the elector saw of it (creating
+///   one that was absent), primary first.
 ///
 /// The version is both objects' versions together; a change in either is a change.
 pub struct MultiLock<P, S> {
@@ -29,7 +30,26 @@ impl<P: Lock, S: Lock> MultiLock<P, S> {
     }
 }
 
-/// The combined version: `primary|secondary` (secondary empty when absent).
+/// Both records as one: the holder when they agree, else [`UNKNOWN_LEADER`]; and a record
+/// that changes whenever either does (the later renew time, the longer lease, the higher
+/// transitions), so that a client that renews only the secondary is seen alive, as client-go
+/// sees it by comparing both raw records.
+fn combined(
+    mut primary: LeaderElectionRecord,
+    secondary: &LeaderElectionRecord,
+) -> LeaderElectionRecord {
+    if primary.holder != secondary.holder {
+        primary.holder = Some(Identity(UNKNOWN_LEADER.to_string()));
+    }
+    primary.renew_time = primary.renew_time.max(secondary.renew_time);
+    primary.lease_duration_seconds = primary
+        .lease_duration_seconds
+        .max(secondary.lease_duration_seconds);
+    primary.leader_transitions = primary.leader_transitions.max(secondary.leader_transitions);
+    primary
+}
+
+/// The combined version: `primary|secondary` (either empty when absent).
 fn join(primary: &Version, secondary: Option<&Version>) -> Version {
     Version::new(format!(
         "{}|{}",
@@ -45,40 +65,34 @@ fn split(version: &Version) -> Option<(Version, Option<Version>)> {
 
 impl<P: Lock, S: Lock> Lock for MultiLock<P, S> {
     async fn get(&self) -> Result<Sighting, LockError> {
-        let Some(primary) = self.primary.get().await? else {
-            return Ok(None);
-        };
-        let Some(secondary) = self.secondary.get().await? else {
+        let primary = self.primary.get().await?;
+        let secondary = self.secondary.get().await?;
+        Ok(match (primary, secondary) {
+            (None, None) => None,
             // Held by an old client that does not know the secondary, or by us after a failed
             // write of the secondary: the primary rules, and our next update creates it.
-            return Ok(Some(Versioned {
+            (Some(primary), None) => Some(Versioned {
                 version: join(&primary.version, None),
                 value: primary.value,
-            }));
-        };
-        let mut value = primary.value;
-        if value.holder != secondary.value.holder {
-            value.holder = Some(Identity(UNKNOWN_LEADER.to_string()));
-        }
-        Ok(Some(Versioned {
-            version: join(&primary.version, Some(&secondary.version)),
-            value,
-        }))
+            }),
+            // A secondary whose primary was deleted (or a new-only client): it rules, and an
+            // update recreates the primary.
+            (None, Some(secondary)) => Some(Versioned {
+                version: join(&Version::new(""), Some(&secondary.version)),
+                value: secondary.value,
+            }),
+            (Some(primary), Some(secondary)) => Some(Versioned {
+                version: join(&primary.version, Some(&secondary.version)),
+                value: combined(primary.value, &secondary.value),
+            }),
+        })
     }
 
     async fn create(&self, record: LeaderElectionRecord) -> Result<Version, LockError> {
-        // An existing primary is a lost race: someone (perhaps an old, primary-only client)
-        // created it first. client-go ignores it and leads alongside.
+        // Either object already there is a lost race: someone (perhaps an old, primary-only
+        // client) created it first. client-go ignores an existing primary and leads alongside.
         let primary = self.primary.create(record.clone()).await?;
-        let secondary = match self.secondary.create(record.clone()).await {
-            Ok(v) => v,
-            // A leftover secondary (its primary was deleted): take it over, we hold the primary.
-            Err(e) if e.kind == LockErrorKind::AlreadyExists => match self.secondary.get().await? {
-                Some(current) => self.secondary.update(current.version, record).await?,
-                None => return Err(e),
-            },
-            Err(e) => return Err(e),
-        };
+        let secondary = self.secondary.create(record).await?;
         Ok(join(&primary, Some(&secondary)))
     }
 
@@ -87,19 +101,24 @@ impl<P: Lock, S: Lock> Lock for MultiLock<P, S> {
         expected: Version,
         record: LeaderElectionRecord,
     ) -> Result<Version, LockError> {
-        let Some((primary_expected, _)) = split(&expected) else {
+        let Some((primary_expected, secondary_expected)) = split(&expected) else {
             return Err(LockError::new(
                 LockErrorKind::Conflict,
                 format!("{expected} is not a version of {}", self.describe()),
             ));
         };
-        let primary = self
-            .primary
-            .update(primary_expected, record.clone())
-            .await?;
-        let secondary = match self.secondary.get().await? {
+        // Each write is conditional on what the elector saw of that object: a renewal of
+        // either by someone else since then makes it fail.
+        let primary = if primary_expected.as_str().is_empty() {
+            self.primary.create(record.clone()).await?
+        } else {
+            self.primary
+                .update(primary_expected, record.clone())
+                .await?
+        };
+        let secondary = match secondary_expected {
             None => self.secondary.create(record).await?,
-            Some(current) => self.secondary.update(current.version, record).await?,
+            Some(v) => self.secondary.update(v, record).await?,
         };
         Ok(join(&primary, Some(&secondary)))
     }
@@ -295,6 +314,50 @@ mod tests {
         assert!(seen.value.is_held_by(&baz()));
         assert!(drive(&m, 6).0, "renews, creating the secondary");
         assert!(s.get().is_some_and(|r| r.value.is_held_by(&baz())));
+    }
+
+    #[test]
+    fn a_client_that_renews_only_the_secondary_is_seen_alive() {
+        // Migration: a Lease-only client (bing) leads and renews the secondary; the primary
+        // still holds an old record. Before, the combined record never changed and a MultiLock
+        // follower took over after one lease, next to the live leader.
+        let (p, s, m) = multi();
+        p.create(record("old")).expect("absent");
+        let mut v = s.create(record("bing")).expect("absent");
+        let mut config = Config::new(baz());
+        config.lease_duration = Duration::from_secs(10);
+        config.renew_deadline = Duration::from_secs(5);
+        let wall = |t: u64| {
+            Timestamp::from_unix_micros(
+                1_700_000_000_000_000 + i64::try_from(t).unwrap_or(0) * 1_000_000,
+            )
+            .unwrap_or(Timestamp::UNIX_EPOCH)
+        };
+        let mut e = Elector::new(config, Now::new(Instant::ZERO, wall(0)), 1).expect("valid");
+        for t in 0..60u64 {
+            let now = Now::new(Instant::from_secs(t), wall(t));
+            if t % 2 == 0 {
+                let mut renewed = record("bing");
+                renewed.renew_time = Some(wall(t));
+                v = s.update(&v, renewed).expect("bing renews");
+            }
+            e.handle_input(Input::Timeout(now));
+            loop {
+                match e.poll_action() {
+                    Action::Lock { op, request, .. } => {
+                        let result = block_on(m.execute(request));
+                        e.handle_input(Input::LockResult { now, op, result });
+                    }
+                    Action::Emit(_) => {}
+                    Action::SleepUntil { .. } | Action::Done => break,
+                }
+            }
+            assert!(
+                !e.is_leader(now.instant),
+                "took over a live leader at {t} s"
+            );
+        }
+        let _ = p;
     }
 
     #[test]

@@ -533,14 +533,14 @@ fn overloaded(secs: u64) -> leasehold::LockResult {
 
 #[test]
 fn a_follower_waits_as_long_as_the_server_asks() {
-    let mut h = Harness::new(config());
-    h.answer(overloaded(30));
+    let mut h = Harness::new(config()); // a 10 s lease
+    h.answer(overloaded(8));
     let failed_at = h.now;
     while h.pending.is_none() {
         h.wake();
     }
     assert!(
-        h.now >= failed_at + Duration::from_secs(30),
+        h.now >= failed_at + Duration::from_secs(8),
         "retried at {}",
         h.now
     );
@@ -570,4 +570,19 @@ fn a_leader_waits_as_asked_but_still_retries_within_its_term() {
         h.now
     );
     assert!(h.is_leader());
+}
+
+#[test]
+fn a_follower_waits_at_most_a_lease_whatever_the_server_asks() {
+    let mut h = Harness::new(config());
+    h.answer(overloaded(u64::from(u32::MAX)));
+    let failed_at = h.now;
+    while h.pending.is_none() {
+        h.wake();
+    }
+    assert!(
+        h.now <= failed_at + config().lease_duration,
+        "retried at {}",
+        h.now
+    );
 }

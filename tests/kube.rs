@@ -631,13 +631,13 @@ async fn retry_after_is_read_from_the_status() {
 async fn preflight_passes_when_all_is_well_and_writes_nothing() {
     let server = ApiServer::start().await;
     let lock = LeaseLock::new(server.client(), NS, "pre");
-    lock.preflight().await.expect("all is well");
+    lock.preflight(true).await.expect("all is well");
     assert!(
         server.object(Kind::Lease, NS, "pre").is_none(),
         "dry run only"
     );
     lock.create(record("baz")).await.expect("created");
-    lock.preflight()
+    lock.preflight(true)
         .await
         .expect("an existing lock is fine too");
 }
@@ -647,7 +647,7 @@ async fn preflight_names_a_missing_namespace() {
     let server = ApiServer::start().await;
     server.remove_namespace("gone");
     let lock = LeaseLock::new(server.client(), "gone", "pre");
-    let error = lock.preflight().await.expect_err("missing namespace");
+    let error = lock.preflight(true).await.expect_err("missing namespace");
     assert_eq!(
         error,
         leasehold::kube::PreflightError::NamespaceMissing {
@@ -668,12 +668,19 @@ async fn preflight_names_missing_permissions_and_the_role_to_grant() {
     server.deny("update", "leases");
     server.deny("watch", "leases");
     let lock = LeaseLock::new(server.client(), NS, "pre");
-    let error = lock.preflight().await.expect_err("forbidden");
+    let error = lock.preflight(true).await.expect_err("forbidden");
     let text = error.to_string();
     assert!(
         text.contains("may not watch, update leases.coordination.k8s.io"),
         "{text}"
     );
+    // Polling needs no watch: only the update is missing then.
+    let polling = lock
+        .preflight(false)
+        .await
+        .expect_err("forbidden")
+        .to_string();
+    assert!(polling.contains("may not update leases"), "{polling}");
     assert!(text.contains("kind: Role"), "{text}");
     assert!(
         text.contains("apiGroups: [\"coordination.k8s.io\"]"),

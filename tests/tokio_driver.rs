@@ -897,3 +897,28 @@ async fn lease_api_server_restarts_are_survived() {
         h.shutdown().await;
     }
 }
+
+/// A panic in `on_started_leading` before the work's first await is handled like a panic of
+/// the work (before: it killed the driver task, with no release and no report).
+#[tokio::test(start_paused = true)]
+async fn a_panic_before_the_work_starts_is_the_work_s_panic() {
+    let lock = MemoryLock::new();
+    let handle = LeaderElector::builder(fast("a"), lock.clone())
+        .on_started_leading(|leader| {
+            let n: u32 = "not a number".parse().expect("the work's own bug");
+            async move {
+                let _ = n;
+                leader.cancel.cancelled().await;
+            }
+        })
+        .on_stopped_leading(|| {})
+        .build()
+        .expect("valid")
+        .spawn();
+    tokio::time::timeout(Duration::from_secs(5), handle.finished())
+        .await
+        .expect("finishes");
+    let state = handle.state().borrow().clone();
+    assert!(state.work_panicked.is_some());
+    assert_eq!(lock.get().expect("exists").value.holder, None, "released");
+}

@@ -36,7 +36,9 @@ pub use super::BuildError;
 use super::{Core, Effect, ErrorLog, LeaderState, NewLeaderFn, Shared, StoppedFn};
 use crate::config::{Config, Observation};
 use crate::elector::{Action, FencingToken, Input, OpId};
-use crate::lock::{LockError, LockRequest, LockResponse, LockResult, MemoryLock, Sighting};
+use crate::lock::{
+    LockError, LockErrorKind, LockRequest, LockResponse, LockResult, MemoryLock, Sighting,
+};
 use crate::record::{Identity, LeaderElectionRecord, Version};
 
 /// A lock store for the blocking driver: the twin of [`crate::lock::Lock`].
@@ -427,6 +429,8 @@ impl<L: BlockingLock> LeaderElector<L> {
     /// on unsupervised; the lock no longer protects it. The driver's own threads (lock calls,
     /// the watch) have ended by then, except a call into a lock that ignores its deadline.
     pub fn run(mut self) {
+        // Whatever happens below (a panicking callback included), `finished` returns.
+        let _done = SetOnDrop(self.done.clone());
         let clock = self.shared.clock;
         let describe = self.lock.describe();
         let watching = Arc::new(AtomicBool::new(true));
@@ -453,6 +457,18 @@ impl<L: BlockingLock> LeaderElector<L> {
                         calls.retain(|(call, _)| !call.is_finished());
                         let (lock, tx) = (self.lock.clone(), self.tx.clone());
                         let deadline = clock.std_instant(deadline);
+                        if calls.len() >= MAX_HUNG_CALLS {
+                            // Calls into a lock that ignores its deadlines pile up: refuse new
+                            // ones until some return, rather than spawn threads without end.
+                            let busy = LockError::new(
+                                LockErrorKind::Timeout,
+                                format!(
+                                    "{MAX_HUNG_CALLS} earlier calls into the lock have not returned; not calling it again"
+                                ),
+                            );
+                            let _ = tx.send(Message::Result(op, request, Err(busy)));
+                            continue;
+                        }
                         let call = std::thread::spawn(move || {
                             let result = lock.execute_until(request.clone(), deadline);
                             let _ = tx.send(Message::Result(op, request, result));
@@ -558,7 +574,6 @@ impl<L: BlockingLock> LeaderElector<L> {
             }
         }
         *self.state.lock().unwrap_or_else(PoisonError::into_inner) = self.shared.state();
-        self.done.set();
     }
 
     /// Until when the driver's exit waits for a work told to stop now: the end of its term,
@@ -637,6 +652,19 @@ impl<L: BlockingLock> LeaderElector<L> {
                 }
             }
         }
+    }
+}
+
+/// How many calls into a lock may hang past their deadlines before the driver stops calling
+/// it (a lock whose `execute_until` ignores the deadline).
+const MAX_HUNG_CALLS: usize = 4;
+
+/// Sets the done flag when dropped, even by a panic.
+struct SetOnDrop(Done);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.set();
     }
 }
 

@@ -256,6 +256,9 @@ impl<L: Lock> LeaderElector<L> {
         let mut term: Option<Term> = None;
         let mut stopping: Option<Stopping> = None;
         let mut shutdown_sent = false;
+        // After a watch error the stream rests for a retry period: a stream that fails at once
+        // again and again must not starve the timers.
+        let mut watch_rests_until: Option<::tokio::time::Instant> = None;
         loop {
             // Carry out the actions; the drain ends with a sleep or with Done.
             let wake = loop {
@@ -311,11 +314,15 @@ impl<L: Lock> LeaderElector<L> {
                         self.shared.input(|now| Input::LockResult { now, op, result });
                     }
                 }
-                seen = next_sighting(&mut watch), if watch.is_some() => match seen {
+                seen = next_sighting(&mut watch), if watch.is_some() && watch_rests_until.is_none() => match seen {
                     Some(Ok(record)) => self.shared.input(|now| Input::Observed { now, record }),
-                    Some(Err(e)) => self.errors.note(&describe, &LockRequest::Get, &e),
+                    Some(Err(e)) => {
+                        self.errors.note(&describe, &LockRequest::Get, &e);
+                        watch_rests_until = Some(::tokio::time::Instant::now() + self.config.retry_period);
+                    }
                     None => watch = None,
                 },
+                () = rest(watch_rests_until), if watch_rests_until.is_some() => watch_rests_until = None,
                 ended = work_of(&mut term), if term.as_ref().is_some_and(|t| t.work.is_some()) => {
                     // The work returned or panicked while its term runs. A return is the
                     // work's business (the term goes on, as in client-go); a panic ends the
@@ -389,10 +396,18 @@ impl<L: Lock> LeaderElector<L> {
                 let cancel = CancellationToken::new();
                 let (until_tx, until_rx) = watch::channel(clock.tokio_instant(leader_until));
                 ::tokio::spawn(watchdog(cancel.clone(), until_rx));
-                let work = ::tokio::spawn((self.on_started)(LeaderContext {
+                let ctx = LeaderContext {
                     token,
                     cancel: cancel.clone(),
+                };
+                // A panic before the work's first await is the work's panic too.
+                let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    (self.on_started)(ctx)
                 }));
+                let work = match started {
+                    Ok(work) => ::tokio::spawn(work),
+                    Err(panic) => ::tokio::spawn(async move { std::panic::resume_unwind(panic) }),
+                };
                 *term = Some(Term {
                     cancel,
                     until: until_tx,
@@ -449,6 +464,12 @@ async fn watchdog(cancel: CancellationToken, mut until: watch::Receiver<::tokio:
                 }
             }
         }
+    }
+}
+
+async fn rest(until: Option<::tokio::time::Instant>) {
+    if let Some(at) = until {
+        sleep_until(at).await;
     }
 }
 

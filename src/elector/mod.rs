@@ -179,6 +179,8 @@ struct Follow {
     news: bool,
     /// The last attempt lost a race: retry at once.
     raced: bool,
+    /// The store asked to wait until then (`Retry-After`): no attempt before, early or not.
+    not_before: Instant,
 }
 
 /// The leader work, as the elector knows it.
@@ -209,6 +211,7 @@ impl Follow {
             attempted_at: None,
             news: false,
             raced: false,
+            not_before: Instant::ZERO,
         }
     }
 }
@@ -603,7 +606,10 @@ impl Elector {
         // The store asked for a pause: honour it, but a leader (or a release) still retries
         // while one operation can finish before its term (or the release) ends: a retry after
         // that would be moot, one before it may still save them.
-        let asked = error.retry_after.map(|d| now + d);
+        // A follower waits at most a lease duration, whatever the store says.
+        let asked = error
+            .retry_after
+            .map(|d| now + d.min(self.config.lease_duration));
         let op = self.config.operation_timeout();
         let bound = match &self.phase {
             Phase::Leading { leader_until, .. } => leader_until.saturating_sub(op),
@@ -624,6 +630,7 @@ impl Elector {
             Phase::Following(follow) => {
                 if let Some(at) = asked {
                     follow.next_poll = follow.next_poll.max(at);
+                    follow.not_before = at;
                     follow.raced = false;
                     follow.news = false;
                 } else {
@@ -829,6 +836,9 @@ impl Elector {
             } else {
                 return Some((next_poll, WakeReason::RetryAcquire, None));
             };
+            if now < follow.not_before {
+                return Some((follow.not_before, WakeReason::RetryAcquire, None));
+            }
             return Some((now.min(next_poll), WakeReason::RetryAcquire, early));
         }
         let expiry = expiry.filter(|&at| at > now);
@@ -863,6 +873,7 @@ impl Elector {
             attempted_at: Some(now),
             news: false,
             raced: false,
+            not_before: Instant::ZERO,
         });
         if self.may_acquire(now) && !self.view_outdated {
             self.acquire();

@@ -554,14 +554,15 @@ pub enum PreflightError {
 
 impl<K: LockObject> ObjectLock<K> {
     /// Checks, before contending, what would otherwise surface only as a stream of failed
-    /// operations: that this identity may get, create, update, list and watch the lock's kind
-    /// in its namespace (SelfSubjectAccessReviews, which every authenticated user may make),
-    /// and that the namespace exists (a dry-run create of the lock, which needs no other
-    /// permission and writes nothing).
+    /// operations: that this identity may get, create and update the lock (and list and watch
+    /// it, with `watching`) in its namespace (SelfSubjectAccessReviews, which every
+    /// authenticated user may make; they name the lock, so a Role limited to it by
+    /// `resourceNames` passes), and that the namespace exists (a dry-run create of the lock,
+    /// which needs no other permission and writes nothing).
     ///
     /// # Errors
     /// [`PreflightError`], with a Role to apply when permissions are missing.
-    pub async fn preflight(&self) -> Result<(), PreflightError> {
+    pub async fn preflight(&self, watching: bool) -> Result<(), PreflightError> {
         use k8s_openapi::api::authorization::v1::{
             ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
         };
@@ -570,14 +571,21 @@ impl<K: LockObject> ObjectLock<K> {
         let group = K::group(&()).into_owned();
         let plural = K::plural(&()).into_owned();
         let mut refused = Vec::new();
-        for verb in ["get", "list", "watch", "create", "update"] {
+        let verbs: &[&str] = if watching {
+            &["get", "list", "watch", "create", "update"]
+        } else {
+            &["get", "create", "update"]
+        };
+        for verb in verbs {
             let review = SelfSubjectAccessReview {
                 spec: SelfSubjectAccessReviewSpec {
                     resource_attributes: Some(ResourceAttributes {
                         namespace: Some(self.namespace.clone()),
-                        verb: Some(verb.to_string()),
+                        verb: Some((*verb).to_string()),
                         group: Some(group.clone()),
                         resource: Some(plural.clone()),
+                        // A create cannot be limited to a name; everything else can.
+                        name: (*verb != "create").then(|| self.name.clone()),
                         ..Default::default()
                     }),
                     ..Default::default()

@@ -50,6 +50,10 @@ pub struct LeaderContext {
     pub token: FencingToken,
     /// Cancelled when this term ends.
     pub cancel: CancellationToken,
+    /// The instant the term ends unless renewed, moved on by every renewal: for work that
+    /// wants to wind down before an unrenewed term ends (`leasehold run` warns its command
+    /// a grace period ahead).
+    pub until: watch::Receiver<::tokio::time::Instant>,
 }
 
 /// The operation in flight: its id, the request (for the error log) and the call, already
@@ -173,8 +177,14 @@ impl Handle {
     /// Steps down (the leader work is cancelled), waits for the leader work to stop, releases
     /// the lock if configured, and returns when the elector has finished.
     pub async fn shutdown(self) {
-        self.cancel.cancel();
+        self.stop();
         self.finished().await;
+    }
+
+    /// Starts what [`Handle::shutdown`] does, without waiting or consuming the handle (which
+    /// may be shared); [`Handle::finished`] then waits for the end.
+    pub fn stop(&self) {
+        self.cancel.cancel();
     }
 
     /// Whether the elector has finished (one-shot after a loss, or shut down) and its leader
@@ -395,10 +405,11 @@ impl<L: Lock> LeaderElector<L> {
             } => {
                 let cancel = CancellationToken::new();
                 let (until_tx, until_rx) = watch::channel(clock.tokio_instant(leader_until));
-                ::tokio::spawn(watchdog(cancel.clone(), until_rx));
+                ::tokio::spawn(watchdog(cancel.clone(), until_rx.clone()));
                 let ctx = LeaderContext {
                     token,
                     cancel: cancel.clone(),
+                    until: until_rx.clone(),
                 };
                 // A panic before the work's first await is the work's panic too.
                 let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -1,0 +1,230 @@
+//! `leasehold serve`, and `--http` on `run`: the leader over HTTP, a health check, readiness,
+//! and client-go's two leader-election metrics.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use leasehold::lock::Lock;
+use leasehold::tokio::{Handle, LeaderContext, LeaderElector};
+use leasehold::{Config, Role};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{Fatal, ServeArgs};
+
+/// How long past its lease a leader may go unrenewed before `/healthz` fails (client-go's
+/// usual `NewLeaderHealthzAdaptor(20 * time.Second)`).
+const HEALTHZ_TOLERANCE: Duration = Duration::from_secs(20);
+
+/// The label `--label-pod` puts on this pod while it leads.
+const LEADER_LABEL: &str = "leasehold.dev/leader";
+
+pub(crate) async fn serve(args: ServeArgs) -> Result<u8, Fatal> {
+    let (client, namespace) = crate::client(&args.election.lock).await?;
+    let config = args.election.config(&namespace)?;
+    let pod = if args.label_pod {
+        let name = std::env::var("POD_NAME")
+            .map_err(|_| Fatal::usage("--label-pod needs $POD_NAME (the downward API)"))?;
+        let pod_namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| namespace.clone());
+        Some((
+            kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(
+                client.clone(),
+                &pod_namespace,
+            ),
+            name,
+        ))
+    } else {
+        None
+    };
+    let listener = TcpListener::bind(args.http)
+        .await
+        .map_err(|e| Fatal::runtime(format!("--http {}: {e}", args.http)))?;
+    let side = SideEffects {
+        status_file: args.status_file.clone(),
+        pod,
+        identity: config.identity.to_string(),
+    };
+    crate::with_lock!(args.election.lock, client, namespace, |lock| {
+        crate::preflight(&lock, args.election.watch).await?;
+        elect(lock, config, listener, side).await
+    })
+}
+
+/// What a serving leader does besides answering HTTP.
+#[derive(Clone)]
+struct SideEffects {
+    status_file: Option<PathBuf>,
+    pod: Option<(kube::Api<k8s_openapi::api::core::v1::Pod>, String)>,
+    identity: String,
+}
+
+impl SideEffects {
+    async fn lead(self, leader: LeaderContext) {
+        self.mark(true).await;
+        leader.cancel.cancelled().await;
+        self.mark(false).await;
+    }
+
+    /// Shows (or stops showing) that this candidate leads.
+    async fn mark(&self, leading: bool) {
+        if let Some(path) = &self.status_file {
+            let written = if leading {
+                std::fs::write(path, format!("{}\n", self.identity))
+            } else {
+                std::fs::remove_file(path).or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+            };
+            if let Err(e) = written {
+                tracing::error!(path = %path.display(), error = %e, "status file");
+            }
+        }
+        if let Some((pods, name)) = &self.pod {
+            let value = if leading {
+                serde_json::json!("true")
+            } else {
+                serde_json::Value::Null
+            };
+            let patch = serde_json::json!({"metadata": {"labels": {LEADER_LABEL: value}}});
+            let params = kube::api::PatchParams::default();
+            if let Err(e) = pods
+                .patch(name, &params, &kube::api::Patch::Merge(&patch))
+                .await
+            {
+                tracing::error!(pod = %name, error = %e, "labelling the pod");
+            }
+        }
+    }
+}
+
+async fn elect<L: Lock>(
+    lock: L,
+    config: Config,
+    listener: TcpListener,
+    side: SideEffects,
+) -> Result<u8, Fatal> {
+    let name = config.name.clone();
+    let cleanup = side.clone();
+    let handle = LeaderElector::builder(config, lock)
+        .on_started_leading(move |leader| side.clone().lead(leader))
+        .on_stopped_leading(|| tracing::info!("stopped leading"))
+        .on_new_leader(|leader| {
+            let leader = leader.map_or_else(|| "nobody".to_string(), ToString::to_string);
+            tracing::info!(%leader, "the lock names a new holder");
+        })
+        .build()
+        .map_err(|e| Fatal::usage(e.to_string()))?
+        .spawn();
+    let handle = Arc::new(handle);
+    tokio::spawn(serve_on(listener, handle.clone(), name));
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| Fatal::runtime(format!("cannot catch SIGTERM: {e}")))?;
+    let mut interrupt = signal(SignalKind::interrupt())
+        .map_err(|e| Fatal::runtime(format!("cannot catch SIGINT: {e}")))?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = interrupt.recv() => {}
+        () = handle.finished() => {
+            return Err(Fatal::runtime("the election stopped (see the log above)"));
+        }
+    }
+    handle.stop();
+    handle.finished().await;
+    // A work given up at the end of its term may not have cleaned up.
+    cleanup.mark(false).await;
+    Ok(0)
+}
+
+/// Serves the endpoints until the process ends.
+pub(crate) async fn serve_on(listener: TcpListener, handle: Arc<Handle>, name: String) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (handle, name) = (handle.clone(), name.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let answer = answer(&req, &handle, &name);
+                async move { Ok::<_, std::convert::Infallible>(answer) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn answer(
+    req: &Request<hyper::body::Incoming>,
+    handle: &Handle,
+    name: &str,
+) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+    }
+    let state = handle.state().borrow().clone();
+    match req.uri().path() {
+        // What the original election sidecar served.
+        "/" => {
+            let leader = state.leader.map(|l| l.to_string()).unwrap_or_default();
+            let body = serde_json::json!({ "name": leader }).to_string();
+            let mut response = text(StatusCode::OK, body);
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        "/healthz" => match handle.check(HEALTHZ_TOLERANCE) {
+            Ok(()) => text(StatusCode::OK, "ok\n".into()),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        },
+        // Ready once the lock has answered and the election runs.
+        "/readyz" => {
+            let running = !matches!(state.role, Role::Finished);
+            match (&state.last_error, running) {
+                (None, true) => text(StatusCode::OK, "ok\n".into()),
+                (Some(e), _) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the lock does not answer: {}\n", e.error),
+                ),
+                (None, false) => text(StatusCode::SERVICE_UNAVAILABLE, "stopped\n".into()),
+            }
+        }
+        "/metrics" => {
+            let leading = u8::from(handle.is_leader());
+            let name = name.replace('\\', "\\\\").replace('"', "\\\"");
+            let body = format!(
+                "# HELP leader_election_master_status Gauge of if the reporting system is master of the relevant lease, 0 indicates backup, 1 indicates master. 'name' is the string used to identify the lease.\n\
+                 # TYPE leader_election_master_status gauge\n\
+                 leader_election_master_status{{name=\"{name}\"}} {leading}\n\
+                 # HELP leader_election_slowpath_total Total number of slow path exercised in renewing leader leases. 'name' is the string used to identify the lease.\n\
+                 # TYPE leader_election_slowpath_total counter\n\
+                 leader_election_slowpath_total{{name=\"{name}\"}} {}\n",
+                state.slow_path_renewals
+            );
+            let mut response = text(StatusCode::OK, body);
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            response
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+}

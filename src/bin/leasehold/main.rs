@@ -1,0 +1,322 @@
+//! `leasehold`, the command: leader election for any program, as a wrapper (`leasehold run --
+//! COMMAND`) and as a sidecar (`leasehold serve`), on the crate's own tokio driver and
+//! Kubernetes locks. `leasehold status` shows a lock as a person wants to see it.
+//!
+//! Exit codes: the command's own status when it exits by itself under `run`; 0 after a clean
+//! shutdown; 1 when the election cannot go on (the lock is unusable, the namespace or the
+//! permissions are missing); 2 for bad flags or an invalid configuration.
+#![forbid(unsafe_code)]
+// The command is an application: it reads the environment, the clocks, and spawns processes.
+#![allow(clippy::disallowed_methods)]
+
+mod child;
+mod http;
+mod status;
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use leasehold::kube::{LockObject, ObjectLock};
+use leasehold::{AfterLoss, Config, Identity, Observation};
+
+/// Leader election for any program, on a Kubernetes Lease (or a ConfigMap or Endpoints lock),
+/// compatible with client-go's leader election.
+#[derive(Debug, Parser)]
+#[command(name = "leasehold", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Contend for the lock; while leading, run COMMAND. The command is dead by the end of the
+    /// term: SIGTERM a grace period before it ends without a renewal (or at once on any other
+    /// loss), SIGKILL at its end at the latest; if leasehold itself dies, the command is killed
+    /// with it. When the command exits by itself, leasehold steps down, releases, and exits
+    /// with the command's status.
+    Run(RunArgs),
+    /// Contend for the lock and serve the leader over HTTP: `GET /` as {"name": LEADER},
+    /// /healthz, /readyz and /metrics (Prometheus text).
+    Serve(ServeArgs),
+    /// Show the lock: holder, transitions, acquired, renewed, lease duration.
+    Status(StatusArgs),
+    /// Internal: runs COMMAND so that it dies with its parent (a parent-death signal).
+    #[command(name = "__guard", hide = true)]
+    Guard {
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<OsString>,
+    },
+}
+
+/// Which lock, where.
+#[derive(Debug, Clone, Args)]
+struct LockArgs {
+    /// Path to a kubeconfig (default: $KUBECONFIG, ~/.kube/config, or the pod's service account).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Namespace of the lock (default: $POD_NAMESPACE, then the kubeconfig's).
+    #[arg(long, short = 'n', env = "POD_NAMESPACE")]
+    namespace: Option<String>,
+    /// Name of the lock object.
+    #[arg(long)]
+    lease: String,
+    /// Kind of lock object.
+    #[arg(long, value_enum, default_value_t = LockKind::Lease)]
+    lock: LockKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LockKind {
+    /// A coordination.k8s.io/v1 Lease.
+    Lease,
+    /// A ConfigMap annotation (legacy).
+    Configmap,
+    /// An Endpoints annotation (legacy).
+    Endpoints,
+}
+
+/// How to contend.
+#[derive(Debug, Clone, Args)]
+struct ElectionArgs {
+    #[command(flatten)]
+    lock: LockArgs,
+    /// This candidate's identity (default: $POD_NAME, then HOSTNAME_RANDOM).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long followers wait after the record last changed (whole seconds).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "15s")]
+    lease_duration: Duration,
+    /// How long a leader leads after issuing its last successful write.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    renew_deadline: Duration,
+    /// Interval between renewals and attempts.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    retry_period: Duration,
+    /// Watch the lock (fast handover) instead of polling it.
+    #[arg(long, conflicts_with = "poll")]
+    watch: bool,
+    /// Poll the lock (the default).
+    #[arg(long)]
+    poll: bool,
+    /// Do not release the lock on shutdown (followers then wait out the lease).
+    #[arg(long)]
+    no_release: bool,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    election: ElectionArgs,
+    /// How long before the end of an unrenewed term the command gets SIGTERM, and how long a
+    /// shutdown waits for it before SIGKILL.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+    grace: Duration,
+    /// Run the command again when it exits, while still leading.
+    #[arg(long)]
+    restart: bool,
+    /// Also serve the sidecar's HTTP endpoints on this address.
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// The command and its arguments.
+    #[arg(required = true, last = true)]
+    command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    election: ElectionArgs,
+    /// Address of the HTTP endpoints.
+    #[arg(long, default_value = "0.0.0.0:4040")]
+    http: SocketAddr,
+    /// A file that holds this candidate's identity while it leads, and is absent otherwise.
+    #[arg(long)]
+    status_file: Option<PathBuf>,
+    /// Label this pod ($POD_NAME in $POD_NAMESPACE) `leasehold.dev/leader=true` while it leads.
+    #[arg(long)]
+    label_pod: bool,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    lock: LockArgs,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// For people.
+    Text,
+    /// For scripts.
+    Json,
+}
+
+/// A failure that ends leasehold, with its exit code.
+#[derive(Debug)]
+struct Fatal {
+    code: u8,
+    message: String,
+}
+
+impl Fatal {
+    fn usage(message: impl Into<String>) -> Self {
+        Fatal {
+            code: 2,
+            message: message.into(),
+        }
+    }
+
+    fn runtime(message: impl Into<String>) -> Self {
+        Fatal {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Guard { command } = cli.command {
+        return child::guard(command);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    // One thread: the command is spawned from it, and its parent-death signal follows the
+    // spawning thread, which must live as long as leasehold.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("leasehold: cannot start a runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let outcome = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => child::run(args).await,
+            Command::Serve(args) => http::serve(args).await,
+            Command::Status(args) => status::show(args).await,
+            Command::Guard { .. } => Ok(0),
+        }
+    });
+    match outcome {
+        Ok(code) => ExitCode::from(code),
+        Err(fatal) => {
+            eprintln!("leasehold: {}", fatal.message);
+            ExitCode::from(fatal.code)
+        }
+    }
+}
+
+/// A kube client from `--kubeconfig`, or inferred (KUBECONFIG, ~/.kube/config, in-cluster),
+/// and the namespace to use.
+async fn client(args: &LockArgs) -> Result<(kube::Client, String), Fatal> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| Fatal::usage(format!("--kubeconfig {}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|e| Fatal::usage(format!("--kubeconfig {}: {e}", path.display())))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| Fatal::runtime(format!("no cluster configuration found: {e}")))?,
+    };
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let client = kube::Client::try_from(config)
+        .map_err(|e| Fatal::runtime(format!("cannot build a client: {e}")))?;
+    Ok((client, namespace))
+}
+
+impl ElectionArgs {
+    /// The elector's configuration, validated (a bad one is a usage error).
+    fn config(&self, namespace: &str) -> Result<Config, Fatal> {
+        let identity = match &self.identity {
+            Some(id) => id.clone(),
+            None => hostname_random(),
+        };
+        let identity =
+            Identity::new(identity).map_err(|e| Fatal::usage(format!("--identity: {e}")))?;
+        let mut config = Config::new(identity);
+        config.name = format!("{namespace}/{}", self.lock.lease);
+        config.lease_duration = self.lease_duration;
+        config.renew_deadline = self.renew_deadline;
+        config.retry_period = self.retry_period;
+        config.release_on_cancel = !self.no_release;
+        config.after_loss = AfterLoss::Recontend;
+        config.observation = if self.watch {
+            Observation::Watch
+        } else {
+            Observation::Poll
+        };
+        config
+            .validate()
+            .map_err(|e| Fatal::usage(format!("invalid timing: {e}")))?;
+        Ok(config)
+    }
+}
+
+/// client-go's default identity: the host name, an underscore, a random suffix.
+fn hostname_random() -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "leasehold".into());
+    let suffix = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish()
+    };
+    format!("{host}_{suffix:016x}")
+}
+
+/// Checks the namespace and the permissions, and says what to fix.
+async fn preflight<K: LockObject>(lock: &ObjectLock<K>, watching: bool) -> Result<(), Fatal> {
+    lock.preflight(watching)
+        .await
+        .map_err(|e| Fatal::runtime(e.to_string()))
+}
+
+/// Runs `f` with the lock the flags name (the three kinds are different types).
+macro_rules! with_lock {
+    ($args:expr, $client:expr, $namespace:expr, |$lock:ident| $body:expr) => {
+        match $args.lock {
+            $crate::LockKind::Lease => {
+                let $lock = ::leasehold::kube::LeaseLock::new($client, &$namespace, &$args.lease);
+                $body
+            }
+            $crate::LockKind::Configmap => {
+                let $lock =
+                    ::leasehold::kube::ConfigMapLock::new($client, &$namespace, &$args.lease);
+                $body
+            }
+            $crate::LockKind::Endpoints => {
+                let $lock =
+                    ::leasehold::kube::EndpointsLock::new($client, &$namespace, &$args.lease);
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_lock;

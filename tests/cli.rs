@@ -1,0 +1,485 @@
+//! The `leasehold` command, built as a real binary and pointed by a kubeconfig at the Lease API
+//! test server: mutual exclusion of the guarded command across a graceful handover, a crash
+//! of the leading process and a hung API server; exit codes; the HTTP endpoints; `status`;
+//! usage errors.
+#![cfg(feature = "cli")]
+#![allow(clippy::disallowed_methods)] // these tests read the real clock and spawn processes
+
+mod apiserver;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use apiserver::{ApiServer, Kind};
+
+const BIN: &str = env!("CARGO_BIN_EXE_leasehold");
+
+/// The test server on a runtime of its own, and a kubeconfig pointing at it.
+struct Cluster {
+    server: ApiServer,
+    dir: PathBuf,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Cluster {
+    fn start(test: &str) -> Cluster {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let server = runtime.block_on(ApiServer::start());
+        let dir = std::env::temp_dir().join(format!("leasehold-cli-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let kubeconfig = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\nusers:\n- name: test\n  user: {{}}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n    namespace: default\ncurrent-context: test\n",
+            server.url()
+        );
+        std::fs::write(dir.join("kubeconfig"), kubeconfig).expect("kubeconfig");
+        Cluster {
+            server,
+            dir,
+            _runtime: runtime,
+        }
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    /// `leasehold ARGS` with this cluster's kubeconfig and fast timings where they apply.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn holder(&self, lease: &str) -> Option<String> {
+        self.server
+            .object(Kind::Lease, "default", lease)
+            .and_then(|o| o["spec"]["holderIdentity"].as_str().map(String::from))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const FAST: [&str; 6] = [
+    "--lease-duration",
+    "2s",
+    "--renew-deadline",
+    "1500ms",
+    "--retry-period",
+    "200ms",
+];
+
+/// A command that stamps "IDENTITY NANOS" into `file` every 20 ms while it lives.
+fn stamper(file: &Path) -> Vec<String> {
+    vec![
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "while true; do echo \"$LEASEHOLD_IDENTITY $(date +%s%N) $LEASEHOLD_FENCING_TOKEN\" >> {}; sleep 0.02; done",
+            file.display()
+        ),
+    ]
+}
+
+fn run_stamping(cluster: &Cluster, identity: &str, file: &Path) -> Child {
+    let mut args: Vec<String> = [
+        "run",
+        "--lease",
+        "ctl",
+        "--identity",
+        identity,
+        "--grace",
+        "500ms",
+        "--watch",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    args.extend(FAST.iter().map(ToString::to_string));
+    args.push("--".into());
+    args.extend(stamper(file));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    cluster
+        .command(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("leasehold starts")
+}
+
+/// The stamps so far: (identity, nanoseconds).
+fn stamps(file: &Path) -> Vec<(String, u128)> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            Some((parts.next()?.to_string(), parts.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last identity stamping, once a stamp newer than `after` appears.
+fn stamping_after(file: &Path, after: u128) -> Option<String> {
+    stamps(file)
+        .into_iter()
+        .rev()
+        .find(|(_, t)| *t > after)
+        .map(|(id, _)| id)
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// Whether the stamps of different identities ever interleave: every change of identity must
+/// be a clean handover (the old one never stamps again after the new one started).
+fn assert_never_together(file: &Path) {
+    let stamps = stamps(file);
+    let mut finished: Vec<String> = Vec::new();
+    let mut current: Option<&str> = None;
+    for (id, _) in &stamps {
+        if current != Some(id.as_str()) {
+            assert!(
+                !finished.contains(id),
+                "{id} stamped again after another identity had started: {stamps:?}"
+            );
+            if let Some(c) = current {
+                finished.push(c.to_string());
+            }
+            current = Some(id);
+        }
+    }
+}
+
+fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+#[test]
+fn the_command_never_runs_twice_across_handover_and_crash() {
+    let cluster = Cluster::start("exclusion");
+    let file = cluster.dir.join("stamps");
+    let mut a = run_stamping(&cluster, "a", &file);
+    let mut b = run_stamping(&cluster, "b", &file);
+    wait_for("a first leader", Duration::from_secs(10), || {
+        stamping_after(&file, 0).is_some()
+    });
+    let first = stamping_after(&file, 0).expect("a leader");
+    let (leader, follower) = if first == "a" {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    // Graceful handover: SIGTERM to the leading leasehold.
+    let t = now_nanos();
+    signal(leader, "TERM");
+    let status = leader.wait().expect("exits");
+    assert_eq!(status.code(), Some(0), "a clean shutdown exits 0");
+    let second = if first == "a" { "b" } else { "a" };
+    wait_for("the handover", Duration::from_secs(5), || {
+        stamping_after(&file, t).as_deref() == Some(second)
+    });
+    // Crash: SIGKILL to the leading leasehold; its command must die with it.
+    let mut c = run_stamping(&cluster, "c", &file);
+    sleep(Duration::from_millis(300));
+    signal(follower, "KILL");
+    let killed = now_nanos();
+    let _ = follower.wait();
+    sleep(Duration::from_millis(300));
+    let late: Vec<_> = stamps(&file)
+        .into_iter()
+        .filter(|(id, t)| id == second && *t > killed + 200_000_000)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "the command outlived its leasehold: {late:?}"
+    );
+    wait_for("the failover", Duration::from_secs(10), || {
+        stamping_after(&file, killed).as_deref() == Some("c")
+    });
+    signal(&c, "TERM");
+    let _ = c.wait();
+    assert_never_together(&file);
+}
+
+#[test]
+fn a_hung_api_server_gets_the_command_killed_by_the_end_of_the_term() {
+    let cluster = Cluster::start("hang");
+    let file = cluster.dir.join("stamps");
+    let mut a = run_stamping(&cluster, "a", &file);
+    wait_for("a leader", Duration::from_secs(10), || {
+        stamping_after(&file, 0).is_some()
+    });
+    sleep(Duration::from_millis(300));
+    let hung = now_nanos();
+    cluster.server.hang(true);
+    // The last renewal was issued at most a retry period before the hang: the term ends
+    // within the renew deadline (1.5 s) of it, and the command is dead by then.
+    sleep(Duration::from_secs(3));
+    let late: Vec<_> = stamps(&file)
+        .into_iter()
+        .filter(|(_, t)| *t > hung + 1_600_000_000)
+        .collect();
+    assert!(late.is_empty(), "stamps after the term: {late:?}");
+    cluster.server.hang(false);
+    signal(&a, "TERM");
+    let _ = a.wait();
+}
+
+#[test]
+fn exit_codes_and_release() {
+    let cluster = Cluster::start("exit");
+    let mut args = vec![
+        "run",
+        "--lease",
+        "once",
+        "--identity",
+        "a",
+        "--grace",
+        "500ms",
+    ];
+    args.extend(FAST);
+    args.extend([
+        "--",
+        "sh",
+        "-c",
+        "test \"$LEASEHOLD_LEASE\" = default/once && exit 7",
+    ]);
+    let out = cluster.command(&args).output().expect("runs");
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        cluster.holder("once").as_deref(),
+        Some(""),
+        "released after the command"
+    );
+    // --no-release keeps the lock named.
+    let mut args = vec![
+        "run",
+        "--lease",
+        "kept",
+        "--identity",
+        "a",
+        "--no-release",
+        "--grace",
+        "500ms",
+    ];
+    args.extend(FAST);
+    args.extend(["--", "true"]);
+    let out = cluster.command(&args).output().expect("runs");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(cluster.holder("kept").as_deref(), Some("a"));
+}
+
+#[test]
+fn usage_errors_exit_2_with_a_clear_message() {
+    let cluster = Cluster::start("usage");
+    let cases: [(&[&str], &str); 5] = [
+        (&["run", "--", "true"], "--lease"),
+        (&["run", "--lease", "x"], "COMMAND"),
+        (&["bogus"], "bogus"),
+        (
+            &[
+                "run",
+                "--lease",
+                "x",
+                "--lease-duration",
+                "1s",
+                "--renew-deadline",
+                "2s",
+                "--",
+                "true",
+            ],
+            "leaseDuration must be greater than renewDeadline",
+        ),
+        (
+            &[
+                "run",
+                "--lease",
+                "x",
+                "--retry-period",
+                "soon",
+                "--",
+                "true",
+            ],
+            "soon",
+        ),
+    ];
+    for (args, says) in cases {
+        let out = cluster.command(args).output().expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_missing_namespace_or_permission_is_named_with_the_role_needed() {
+    let cluster = Cluster::start("rbac");
+    cluster.server.remove_namespace("gone");
+    let out = cluster
+        .command(&["run", "--lease", "x", "--namespace", "gone", "--", "true"])
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("namespace \"gone\" does not exist"),
+        "{stderr}"
+    );
+    cluster.server.deny("update", "leases");
+    let out = cluster
+        .command(&["run", "--lease", "x", "--", "true"])
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("may not update"), "{stderr}");
+    assert!(stderr.contains("kind: Role"), "{stderr}");
+}
+
+#[test]
+fn status_shows_the_lock() {
+    let cluster = Cluster::start("status");
+    let out = cluster
+        .command(&["status", "--lease", "shown"])
+        .output()
+        .expect("runs");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("does not exist"));
+    let mut args = vec![
+        "run",
+        "--lease",
+        "shown",
+        "--identity",
+        "a",
+        "--no-release",
+        "--grace",
+        "500ms",
+    ];
+    args.extend(FAST);
+    args.extend(["--", "true"]);
+    assert!(cluster.command(&args).status().expect("runs").success());
+    let out: Output = cluster
+        .command(&["status", "--lease", "shown", "-o", "json"])
+        .output()
+        .expect("runs");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["holderIdentity"], "a");
+    assert_eq!(json["leaseDurationSeconds"], 2);
+    assert_eq!(json["leaderTransitions"], 0);
+    assert!(json["renewedSecondsAgo"].as_f64().is_some_and(|s| s < 60.0));
+    let out = cluster
+        .command(&["status", "--lease", "shown"])
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("holder:       a"), "{text}");
+    assert!(text.contains("ago)"), "{text}");
+}
+
+fn get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("sends");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("reads");
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (code, body)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+#[test]
+fn the_sidecar_serves_leader_health_readiness_metrics_and_a_status_file() {
+    let cluster = Cluster::start("serve");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let status_file = cluster.dir.join("leader");
+    let file = status_file.display().to_string();
+    let mut args = vec![
+        "serve",
+        "--lease",
+        "side",
+        "--identity",
+        "a",
+        "--http",
+        &addr,
+        "--status-file",
+        &file,
+    ];
+    args.extend(FAST);
+    let mut serve = cluster
+        .command(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    wait_for("the sidecar leads", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok() && get(port, "/").1.contains("\"a\"")
+    });
+    assert_eq!(get(port, "/"), (200, "{\"name\":\"a\"}".to_string()));
+    assert_eq!(get(port, "/healthz").0, 200);
+    assert_eq!(get(port, "/readyz").0, 200);
+    let (code, metrics) = get(port, "/metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("leader_election_master_status{name=\"default/side\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("leader_election_slowpath_total{name=\"default/side\"}"),
+        "{metrics}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&status_file)
+            .expect("present")
+            .trim(),
+        "a"
+    );
+    signal(&serve, "TERM");
+    assert!(serve.wait().expect("exits").success());
+    assert!(!status_file.exists(), "gone once it stopped leading");
+    assert_eq!(cluster.holder("side").as_deref(), Some(""), "released");
+}

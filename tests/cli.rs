@@ -483,3 +483,62 @@ fn the_sidecar_serves_leader_health_readiness_metrics_and_a_status_file() {
     assert!(!status_file.exists(), "gone once it stopped leading");
     assert_eq!(cluster.holder("side").as_deref(), Some(""), "released");
 }
+
+#[test]
+fn the_sidecar_labels_its_pod_while_it_leads() {
+    let cluster = Cluster::start("label");
+    cluster.server.put_raw(
+        Kind::Pod,
+        "default",
+        "side-0",
+        serde_json::json!({"metadata": {"labels": {"app": "side"}}}),
+    );
+    let label = |c: &Cluster| {
+        c.server
+            .object(Kind::Pod, "default", "side-0")
+            .map(|p| p["metadata"]["labels"].clone())
+            .unwrap_or_default()
+    };
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut args = vec!["serve", "--lease", "lbl", "--http", &addr, "--label-pod"];
+    args.extend(FAST);
+    let mut serve = cluster
+        .command(&args)
+        .env("POD_NAME", "side-0")
+        .env("POD_NAMESPACE", "default")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    wait_for("the label", Duration::from_secs(10), || {
+        label(&cluster)["leasehold.dev/leader"] == "true"
+    });
+    assert_eq!(label(&cluster)["app"], "side", "other labels kept");
+    assert_eq!(cluster.holder("lbl").as_deref(), Some("side-0"), "POD_NAME is the identity");
+    signal(&serve, "TERM");
+    assert!(serve.wait().expect("exits").success());
+    assert!(label(&cluster).get("leasehold.dev/leader").is_none(), "removed");
+}
+
+#[test]
+fn restart_runs_the_command_again_while_leading() {
+    let cluster = Cluster::start("restart");
+    let file = cluster.dir.join("runs");
+    let script = format!("echo run >> {}; sleep 0.1", file.display());
+    let mut args = vec!["run", "--lease", "again", "--identity", "a", "--restart", "--grace", "500ms"];
+    args.extend(FAST);
+    args.extend(["--", "sh", "-c", &script]);
+    let mut run = cluster
+        .command(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    wait_for("three runs", Duration::from_secs(10), || {
+        std::fs::read_to_string(&file).is_ok_and(|s| s.lines().count() >= 3)
+    });
+    signal(&run, "TERM");
+    assert_eq!(run.wait().expect("exits").code(), Some(0));
+    assert_eq!(cluster.holder("again").as_deref(), Some(""), "released");
+}

@@ -57,6 +57,7 @@ use tokio::sync::{Notify, mpsc};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     Lease,
+    Pod,
     Endpoints,
     ConfigMap,
     Event,
@@ -66,7 +67,7 @@ impl Kind {
     fn api_version(self) -> &'static str {
         match self {
             Kind::Lease => "coordination.k8s.io/v1",
-            Kind::Endpoints | Kind::ConfigMap => "v1",
+            Kind::Endpoints | Kind::ConfigMap | Kind::Pod => "v1",
             Kind::Event => "events.k8s.io/v1",
         }
     }
@@ -75,6 +76,7 @@ impl Kind {
         match self {
             Kind::Lease => "Lease",
             Kind::Endpoints => "Endpoints",
+            Kind::Pod => "Pod",
             Kind::ConfigMap => "ConfigMap",
             Kind::Event => "Event",
         }
@@ -85,6 +87,7 @@ impl Kind {
             Kind::Lease => "leases.coordination.k8s.io",
             Kind::Endpoints => "endpoints",
             Kind::ConfigMap => "configmaps",
+            Kind::Pod => "pods",
             Kind::Event => "events.events.k8s.io",
         }
     }
@@ -504,6 +507,7 @@ fn route(path: &str) -> Option<(Kind, String, Option<String>)> {
         ["api", "v1", "namespaces", rest @ ..] => match rest.get(1) {
             Some(&"endpoints") => (Kind::Endpoints, rest),
             Some(&"configmaps") => (Kind::ConfigMap, rest),
+            Some(&"pods") => (Kind::Pod, rest),
             _ => return None,
         },
         _ => return None,
@@ -513,6 +517,7 @@ fn route(path: &str) -> Option<(Kind, String, Option<String>)> {
         Kind::Event => "events",
         Kind::Endpoints => "endpoints",
         Kind::ConfigMap => "configmaps",
+        Kind::Pod => "pods",
     };
     match rest {
         [ns, p] if *p == plural => Some((kind, ns.to_string(), None)),
@@ -788,6 +793,34 @@ async fn handle(
             if Some(&unchanged) == st.objects.get(&key) {
                 st.no_op_updates += 1;
                 return Ok(respond(StatusCode::OK, &unchanged));
+            }
+            st.resource_version += 1;
+            let rv = st.resource_version;
+            stamp(&mut object, kind, &namespace, &name, rv);
+            st.commit(key, "MODIFIED", object.clone());
+            respond(StatusCode::OK, &object)
+        }
+        // A JSON merge patch of a pod's labels (what `leasehold serve --label-pod` sends).
+        (Method::PATCH, Some(name)) if kind == Kind::Pod => {
+            let key = (kind, namespace.clone(), name.clone());
+            let Some(mut object) = st.objects.get(&key).cloned() else {
+                return Ok(not_found(kind, &name));
+            };
+            let labels = parsed
+                .as_ref()
+                .and_then(|p| p["metadata"]["labels"].as_object().cloned())
+                .unwrap_or_default();
+            if !object["metadata"]["labels"].is_object() {
+                object["metadata"]["labels"] = json!({});
+            }
+            for (k, v) in labels {
+                if let Some(current) = object["metadata"]["labels"].as_object_mut() {
+                    if v.is_null() {
+                        current.remove(&k);
+                    } else {
+                        current.insert(k, v);
+                    }
+                }
             }
             st.resource_version += 1;
             let rv = st.resource_version;

@@ -515,10 +515,16 @@ fn the_sidecar_labels_its_pod_while_it_leads() {
         label(&cluster)["leasehold.dev/leader"] == "true"
     });
     assert_eq!(label(&cluster)["app"], "side", "other labels kept");
-    assert_eq!(cluster.holder("lbl").as_deref(), Some("side-0"), "POD_NAME is the identity");
+    assert_eq!(
+        cluster.holder("lbl").as_deref(),
+        Some("side-0"),
+        "POD_NAME is the identity"
+    );
     signal(&serve, "TERM");
     assert!(serve.wait().expect("exits").success());
-    assert!(label(&cluster).get("leasehold.dev/leader").is_none(), "removed");
+    let labels = label(&cluster);
+    assert_eq!(labels["app"], "side", "the pod is still there");
+    assert!(labels.get("leasehold.dev/leader").is_none(), "removed");
 }
 
 #[test]
@@ -526,7 +532,16 @@ fn restart_runs_the_command_again_while_leading() {
     let cluster = Cluster::start("restart");
     let file = cluster.dir.join("runs");
     let script = format!("echo run >> {}; sleep 0.1", file.display());
-    let mut args = vec!["run", "--lease", "again", "--identity", "a", "--restart", "--grace", "500ms"];
+    let mut args = vec![
+        "run",
+        "--lease",
+        "again",
+        "--identity",
+        "a",
+        "--restart",
+        "--grace",
+        "500ms",
+    ];
     args.extend(FAST);
     args.extend(["--", "sh", "-c", &script]);
     let mut run = cluster
@@ -541,4 +556,123 @@ fn restart_runs_the_command_again_while_leading() {
     signal(&run, "TERM");
     assert_eq!(run.wait().expect("exits").code(), Some(0));
     assert_eq!(cluster.holder("again").as_deref(), Some(""), "released");
+}
+
+#[test]
+fn a_command_that_ignores_sigterm_is_killed_at_the_deadline() {
+    let cluster = Cluster::start("stubborn");
+    let file = cluster.dir.join("stamps");
+    let script = format!(
+        "trap '' TERM; while true; do echo \"s $(date +%s%N)\" >> {}; sleep 0.02; done",
+        file.display()
+    );
+    let mut args = vec![
+        "run",
+        "--lease",
+        "stubborn",
+        "--identity",
+        "s",
+        "--grace",
+        "500ms",
+    ];
+    args.extend(FAST);
+    args.extend(["--", "sh", "-c", &script]);
+    let mut run = cluster
+        .command(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    wait_for("it runs", Duration::from_secs(10), || {
+        stamping_after(&file, 0).is_some()
+    });
+    let t = now_nanos();
+    signal(&run, "TERM");
+    let _ = run.wait();
+    let stopped = now_nanos();
+    assert!(
+        stopped - t < 1_500_000_000,
+        "shutdown bounded by the grace period"
+    );
+    sleep(Duration::from_millis(300));
+    let late: Vec<_> = stamps(&file)
+        .into_iter()
+        .filter(|(_, at)| *at > stopped + 100_000_000)
+        .collect();
+    assert!(late.is_empty(), "SIGKILLed by leasehold's exit: {late:?}");
+}
+
+#[test]
+fn help_exits_0_and_a_grace_longer_than_the_term_is_a_usage_error() {
+    let cluster = Cluster::start("help");
+    let out = cluster.command(&["run", "--help"]).output().expect("runs");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--grace"));
+    // No cluster is needed to refuse bad flags.
+    let out = Command::new(BIN)
+        .args(["run", "--lease", "x", "--grace", "20s", "--", "true"])
+        .env("KUBECONFIG", "/nonexistent")
+        .output()
+        .expect("runs");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--grace"));
+}
+
+#[test]
+fn a_stale_status_file_is_cleared_by_a_follower() {
+    let cluster = Cluster::start("stale");
+    // Someone else holds the lock for a long lease.
+    let mut args = vec![
+        "run",
+        "--lease",
+        "held",
+        "--identity",
+        "other",
+        "--no-release",
+    ];
+    args.extend([
+        "--lease-duration",
+        "60s",
+        "--renew-deadline",
+        "40s",
+        "--retry-period",
+        "2s",
+    ]);
+    args.extend(["--", "true"]);
+    assert!(cluster.command(&args).status().expect("runs").success());
+    // A file left by a sidecar that died while leading.
+    let status_file = cluster.dir.join("leader");
+    std::fs::write(&status_file, "me\n").expect("written");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let file = status_file.display().to_string();
+    let mut args = vec![
+        "serve",
+        "--lease",
+        "held",
+        "--identity",
+        "me",
+        "--http",
+        &addr,
+        "--status-file",
+        &file,
+    ];
+    args.extend(FAST);
+    let mut serve = cluster
+        .command(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    wait_for("the sidecar answers", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok() && get(port, "/").1.contains("other")
+    });
+    assert!(!status_file.exists(), "a follower shows no status file");
+    signal(&serve, "TERM");
+    let _ = serve.wait();
 }

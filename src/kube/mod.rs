@@ -547,6 +547,10 @@ pub enum PreflightError {
         /// A Role that grants what the lock needs, as YAML.
         role: String,
     },
+    /// The API server refused the lock object itself (an invalid name, an admission webhook,
+    /// a quota).
+    #[error("the API server refuses the lock object: {0}")]
+    Refused(String),
     /// The API server could not be asked.
     #[error("the preflight check could not ask the API server: {0}")]
     Unreachable(String),
@@ -631,6 +635,9 @@ impl<K: LockObject> ObjectLock<K> {
                 Err(PreflightError::NamespaceMissing {
                     namespace: self.namespace.clone(),
                 })
+            }
+            Err(kube::Error::Api(status)) if (400..500).contains(&status.code) => {
+                Err(PreflightError::Refused(status.message.clone()))
             }
             Err(e) => Err(PreflightError::Unreachable(e.to_string())),
         }

@@ -21,6 +21,9 @@ use crate::{Fatal, RunArgs};
 /// The environment variable through which the guard learns its parent.
 const PARENT: &str = "LEASEHOLD_GUARD_PARENT";
 
+/// The least time between two starts of the command under `--restart`.
+const RESTART_FLOOR: Duration = Duration::from_secs(1);
+
 /// What the command is and how it is run.
 #[derive(Debug, Clone)]
 struct Spec {
@@ -36,14 +39,16 @@ struct Spec {
 struct Ended(u8);
 
 pub(crate) async fn run(args: RunArgs) -> Result<u8, Fatal> {
-    let (client, namespace) = crate::client(&args.election.lock).await?;
-    let config = args.election.config(&namespace)?;
-    if args.grace >= config.renew_deadline {
+    // Flags first: a usage error must not wait for (or fail on) the cluster.
+    args.election.config("")?;
+    if args.grace >= args.election.renew_deadline {
         return Err(Fatal::usage(format!(
             "--grace ({:?}) must be shorter than --renew-deadline ({:?})",
-            args.grace, config.renew_deadline
+            args.grace, args.election.renew_deadline
         )));
     }
+    let (client, namespace) = crate::client(&args.election.lock).await?;
+    let config = args.election.config(&namespace)?;
     let lease = format!("{namespace}/{}", args.election.lock.lease);
     let spec = Spec {
         command: args.command.clone(),
@@ -105,6 +110,7 @@ async fn elect<L: Lock>(
 /// The leader work: the command, run (again, with `--restart`) while the term lasts.
 async fn lead(spec: Spec, leader: LeaderContext, ended: mpsc::UnboundedSender<Ended>) {
     loop {
+        let started = Instant::now();
         let mut child = match spawn(&spec, leader.token) {
             Ok(child) => child,
             Err(e) => {
@@ -117,20 +123,37 @@ async fn lead(spec: Spec, leader: LeaderContext, ended: mpsc::UnboundedSender<En
         match supervise(&mut child, &leader, spec.grace).await {
             Outcome::Exited(status) => {
                 tracing::info!(%status, "the command exited");
-                if spec.restart && !leader.cancel.is_cancelled() {
-                    continue;
+                // What it left behind in its group goes with it.
+                let _ = killpg(child.pgid, Signal::SIGKILL);
+                let term_over =
+                    leader.cancel.is_cancelled() || Instant::now() >= *leader.until.borrow();
+                if spec.restart {
+                    if term_over {
+                        return; // contend again; the command runs when leading again
+                    }
+                    // A floor under restarts: a command that fails at once must not spin.
+                    let floor = started + RESTART_FLOOR;
+                    tokio::select! {
+                        () = leader.cancel.cancelled() => return,
+                        () = tokio::time::sleep_until(floor) => continue,
+                    }
                 }
                 let _ = ended.send(Ended(exit_code(status)));
                 return;
             }
             Outcome::Stopped if leader.cancel.is_cancelled() => return,
             // Stopped early for want of a renewal, and the term is renewed after all: run it
-            // again, or stop when the term ends.
+            // again, or stop when the term ends (the driver drops `until` then too).
             Outcome::Stopped => {
                 let mut until = leader.until.clone();
                 tokio::select! {
+                    biased;
                     () = leader.cancel.cancelled() => return,
-                    _ = until.changed() => {}
+                    changed = until.changed() => {
+                        if changed.is_err() || leader.cancel.is_cancelled() {
+                            return;
+                        }
+                    }
                 }
             }
         }
@@ -151,6 +174,9 @@ async fn supervise(child: &mut Guarded, leader: &LeaderContext, grace: Duration)
         let end = *until.borrow_and_update();
         let soft = end.checked_sub(grace).unwrap_or(end);
         tokio::select! {
+            // The command's own exit first: if it exits as the term ends, its status counts
+            // (a job that finished must not run again).
+            biased;
             status = child.child.wait() => {
                 return match status {
                     Ok(status) => Outcome::Exited(status),

@@ -24,7 +24,16 @@ const HEALTHZ_TOLERANCE: Duration = Duration::from_secs(20);
 /// The label `--label-pod` puts on this pod while it leads.
 const LEADER_LABEL: &str = "leasehold.dev/leader";
 
+/// How long one change of the pod's label may take.
+const LABEL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many connections the endpoints serve at once, and how long one may stay open.
+const MAX_CONNECTIONS: usize = 64;
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub(crate) async fn serve(args: ServeArgs) -> Result<u8, Fatal> {
+    // Flags first: a usage error must not wait for (or fail on) the cluster.
+    args.election.config("")?;
     let (client, namespace) = crate::client(&args.election.lock).await?;
     let config = args.election.config(&namespace)?;
     let pod = if args.label_pod {
@@ -49,6 +58,9 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<u8, Fatal> {
         pod,
         identity: config.identity.to_string(),
     };
+    // A status file or label left by a leasehold that died while leading would route to a
+    // follower: clear them before contending.
+    side.mark(false).await;
     crate::with_lock!(args.election.lock, client, namespace, |lock| {
         crate::preflight(&lock, args.election.watch).await?;
         elect(lock, config, listener, side).await
@@ -65,16 +77,24 @@ struct SideEffects {
 
 impl SideEffects {
     async fn lead(self, leader: LeaderContext) {
-        self.mark(true).await;
+        // Marking must not outlive the term (a hung API server): it races the term's end.
+        tokio::select! {
+            () = self.mark(true) => {}
+            () = leader.cancel.cancelled() => {}
+        }
         leader.cancel.cancelled().await;
         self.mark(false).await;
     }
 
-    /// Shows (or stops showing) that this candidate leads.
+    /// Shows (or stops showing) that this candidate leads: the status file at once, the pod
+    /// label within a bounded time (a removal is retried a few times).
     async fn mark(&self, leading: bool) {
         if let Some(path) = &self.status_file {
             let written = if leading {
-                std::fs::write(path, format!("{}\n", self.identity))
+                // Whole or not at all: written aside, then renamed into place.
+                let aside = path.with_extension("leasehold-tmp");
+                std::fs::write(&aside, format!("{}\n", self.identity))
+                    .and_then(|()| std::fs::rename(&aside, path))
             } else {
                 std::fs::remove_file(path).or_else(|e| {
                     if e.kind() == std::io::ErrorKind::NotFound {
@@ -96,11 +116,20 @@ impl SideEffects {
             };
             let patch = serde_json::json!({"metadata": {"labels": {LEADER_LABEL: value}}});
             let params = kube::api::PatchParams::default();
-            if let Err(e) = pods
-                .patch(name, &params, &kube::api::Patch::Merge(&patch))
-                .await
-            {
-                tracing::error!(pod = %name, error = %e, "labelling the pod");
+            let tries = if leading { 1 } else { 3 };
+            let merge = kube::api::Patch::Merge(&patch);
+            for attempt in 1..=tries {
+                let call = pods.patch(name, &params, &merge);
+                match tokio::time::timeout(LABEL_TIMEOUT, call).await {
+                    Ok(Ok(_)) => break,
+                    Ok(Err(e)) => {
+                        tracing::error!(pod = %name, error = %e, attempt, "labelling the pod")
+                    }
+                    Err(_) => tracing::error!(pod = %name, attempt, "labelling the pod: no answer"),
+                }
+                if attempt < tries {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         }
     }
@@ -144,21 +173,36 @@ async fn elect<L: Lock>(
     Ok(0)
 }
 
-/// Serves the endpoints until the process ends.
+/// Serves the endpoints until the process ends: at most [`MAX_CONNECTIONS`] at once, each
+/// for at most [`CONNECTION_TIMEOUT`], headers within 5 s, so that slow or idle clients
+/// cannot exhaust the process's file descriptors (which the lock needs).
 pub(crate) async fn serve_on(listener: TcpListener, handle: Arc<Handle>, name: String) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, say: a floor under the retries.
+                tracing::warn!(error = %e, "accepting a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let (handle, name) = (handle.clone(), name.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let answer = answer(&req, &handle, &name);
                 async move { Ok::<_, std::convert::Infallible>(answer) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
         });
     }
 }
@@ -188,7 +232,8 @@ fn answer(
             Ok(()) => text(StatusCode::OK, "ok\n".into()),
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
         },
-        // Ready once the lock has answered and the election runs.
+        // Ready while the election runs and the lock answers (no failure since its last
+        // answer).
         "/readyz" => {
             let running = !matches!(state.role, Role::Finished);
             match (&state.last_error, running) {

@@ -224,7 +224,9 @@ fn coordinated_renew_already_acquired_object() {
     ours.strategy = "OldestEmulationVersion".into();
     h.answer(found("1", ours));
     let record = assert_update(&h, "1");
-    assert_eq!(record.leader_transitions, 0);
+    // leasehold: the API server named us without counting a transition; the first write of
+    // our term counts it, so fencing tokens rise in coordinated mode too (client-go: 0).
+    assert_eq!(record.leader_transitions, 1);
     assert_eq!(record.strategy, "OldestEmulationVersion", "strategy kept");
     h.answer(written("2"));
     assert!(h.is_leader());
@@ -266,6 +268,40 @@ fn coordinated_leader_yields_to_preferred_holder() {
     assert!(h.take_events().contains(&Event::StoppedLeading {
         reason: StopReason::Yielded(id("qux"))
     }));
+}
+
+/// leasehold: with release configured, the yielding leader hands the lock over at once, once
+/// its work has stopped (client-go's leader lets it expire: 12 to 22 s), and in re-contend
+/// mode goes back to following.
+#[test]
+fn coordinated_leader_yields_and_releases_for_a_fast_handover() {
+    let mut h = Harness::new(Config {
+        release_on_cancel: true,
+        after_loss: AfterLoss::Recontend,
+        ..coordinated()
+    });
+    h.answer(found("1", record("baz", 5)));
+    h.answer(written("2"));
+    h.wake();
+    h.answer(failed(LockErrorKind::Conflict));
+    let mut preferred = record("baz", 5);
+    preferred.preferred_holder = Some(id("qux"));
+    h.answer(found("3", preferred.clone()));
+    assert!(h.take_events().contains(&Event::StoppedLeading {
+        reason: StopReason::Yielded(id("qux"))
+    }));
+    assert!(h.pending.is_none(), "no release while the work runs");
+    h.input(Input::LeaderWorkStopped(h.now()));
+    assert_eq!(h.request(), &LockRequest::Get, "a fresh read first");
+    h.answer(found("3", preferred));
+    let LockRequest::Update { record, .. } = h.request().clone() else {
+        panic!("the release write");
+    };
+    assert_eq!(record.holder, None);
+    h.answer(written("4"));
+    assert!(h.events.contains(&Event::Released));
+    assert!(!h.done, "follows again in re-contend mode");
+    assert_eq!(h.elector.role(), leasehold::Role::Follower);
 }
 
 // ---- release (reference 3.5, 3.6) -----------------------------------------------------------

@@ -124,6 +124,9 @@ pub struct Elector {
     /// The leader work of the last term. INVARIANT: unless idle, no new term starts and no
     /// release is written.
     work: Work,
+    /// What follows a release: the end (a shutdown), or contending again (a coordinated
+    /// hand-over in re-contend mode).
+    after_release: AfterLoss,
     /// When an operation was last brought forward of its schedule, for each cause.
     /// INVARIANT: at most once per `retry_period` for each.
     hurried_at: [Option<Instant>; 2],
@@ -267,6 +270,7 @@ impl Elector {
             last_contact: now.instant,
             last_failure: None,
             work: Work::Idle,
+            after_release: AfterLoss::Finish,
             hurried_at: [None; 2],
             reported_leader: None,
             next_op: 0,
@@ -530,7 +534,7 @@ impl Elector {
             }
             // The fresh read does not name us: there is nothing of ours to release, and writing
             // would clobber whoever holds it now.
-            (Phase::Releasing { .. }, _) => self.phase = Phase::Finished,
+            (Phase::Releasing { .. }, _) => self.end_release(),
             (Phase::Draining { .. } | Phase::Finished, _) => {}
         }
     }
@@ -583,7 +587,7 @@ impl Elector {
             }
             Phase::Releasing { .. } if lease.value.holder.is_none() => {
                 self.emit(Event::Released);
-                self.phase = Phase::Finished;
+                self.end_release();
             }
             // A write issued before the shutdown took effect: the lock names us, release it.
             Phase::Releasing { next_attempt, .. } => *next_attempt = now,
@@ -733,7 +737,11 @@ impl Elector {
                     self.phase = Phase::Finished;
                 }
             }
-            Phase::Draining { .. } | Phase::Releasing { .. } | Phase::Finished => {}
+            // A shutdown during a coordinated hand-over: finish once it is done.
+            Phase::Draining { .. } | Phase::Releasing { .. } => {
+                self.after_release = AfterLoss::Finish;
+            }
+            Phase::Finished => {}
         }
     }
 
@@ -759,10 +767,8 @@ impl Elector {
             }
             // The leader work did not stop within the term: releasing now could hand the lock
             // to someone else while it still runs. Let the lease expire instead.
-            Phase::Draining { leader_until } if now >= *leader_until => {
-                self.phase = Phase::Finished;
-            }
-            Phase::Releasing { deadline, .. } if now >= *deadline => self.phase = Phase::Finished,
+            Phase::Draining { leader_until } if now >= *leader_until => self.end_release(),
+            Phase::Releasing { deadline, .. } if now >= *deadline => self.end_release(),
             _ => {}
         }
     }
@@ -968,8 +974,29 @@ impl Elector {
 
     fn stop_leading(&mut self, reason: StopReason) {
         self.work = Work::Stopping;
+        // Coordinated election: yielding to the preferred holder, with release configured,
+        // hands the lock over at once (client-go lets it expire, 12 to 22 s).
+        let handover = matches!(reason, StopReason::Yielded(_)) && self.config.release_on_cancel;
+        let leader_until = self.leader_until();
         self.emit(Event::StoppedLeading { reason });
+        if let (true, Some(leader_until)) = (handover, leader_until) {
+            self.after_release = self.config.after_loss;
+            self.phase = Phase::Draining { leader_until };
+            return;
+        }
         match self.config.after_loss {
+            AfterLoss::Finish => self.phase = Phase::Finished,
+            AfterLoss::Recontend => {
+                let next_poll = self.now + self.jittered_retry_period();
+                self.phase = Phase::Following(Follow::at(next_poll));
+            }
+        }
+    }
+
+    /// The release is over (done, not needed, or given up): finish, or contend again after a
+    /// coordinated hand-over in re-contend mode.
+    fn end_release(&mut self) {
+        match self.after_release {
             AfterLoss::Finish => self.phase = Phase::Finished,
             AfterLoss::Recontend => {
                 let next_poll = self.now + self.jittered_retry_period();
@@ -1033,6 +1060,15 @@ impl Elector {
     fn acquire_record(&self, current: Option<&LeaderElectionRecord>) -> LeaderElectionRecord {
         let me = self.config.identity.clone();
         match current {
+            // Coordinated election: the API server named us, and does not count transitions;
+            // the first write of our term does, so that fencing tokens rise.
+            Some(current) if current.is_held_by(&me) && self.config.coordinated => {
+                LeaderElectionRecord {
+                    leader_transitions: current.leader_transitions.saturating_add(1),
+                    acquire_time: Some(self.stamp()),
+                    ..self.renew_record(current)
+                }
+            }
             Some(current) if current.is_held_by(&me) => self.renew_record(current),
             Some(current) => LeaderElectionRecord {
                 holder: Some(me),

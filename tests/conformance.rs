@@ -779,3 +779,37 @@ fn watch_mode_follower_wakes_exactly_at_expiry() {
     assert_eq!(h.now, secs(14));
     assert_update(&h, "2");
 }
+
+/// A shutdown after a coordinated hand-over (re-contend mode) still finishes: the hand-over's
+/// "contend again" must not outlive it.
+#[test]
+fn a_shutdown_after_a_coordinated_handover_finishes() {
+    let mut h = Harness::new(Config {
+        release_on_cancel: true,
+        after_loss: AfterLoss::Recontend,
+        ..coordinated()
+    });
+    h.answer(found("1", record("baz", 5)));
+    h.answer(written("2"));
+    h.wake();
+    h.answer(failed(LockErrorKind::Conflict));
+    let mut preferred = record("baz", 5);
+    preferred.preferred_holder = Some(id("qux"));
+    h.answer(found("3", preferred.clone()));
+    h.input(Input::LeaderWorkStopped(h.now()));
+    h.answer(found("3", preferred));
+    h.answer(written("4"));
+    // Named again by the controller, it leads again; then it is shut down.
+    h.advance_by(Duration::from_secs(3));
+    if h.pending.is_none() {
+        h.wake();
+    }
+    h.answer(found("5", record("baz", 5)));
+    h.answer(written("6"));
+    assert!(h.is_leader());
+    h.input(Input::Shutdown(h.now()));
+    h.input(Input::LeaderWorkStopped(h.now()));
+    h.answer(found("6", record("baz", 5)));
+    h.answer(written("7"));
+    assert!(h.done, "finished, not contending again");
+}

@@ -210,6 +210,17 @@ pub enum BuildError {
     /// A required callback is missing (client-go's rules 6 and 7, with its messages).
     #[error("{0}")]
     MissingCallback(&'static str),
+    /// The LeaseCandidate registers under another name than the elector's identity, so the
+    /// election controller's choice would never be recognised.
+    #[error(
+        "the LeaseCandidate {candidate:?} must be named as the elector's identity {identity:?}"
+    )]
+    CandidateIdentity {
+        /// The candidate's name.
+        candidate: String,
+        /// The elector's identity.
+        identity: String,
+    },
 }
 
 pub(crate) type StoppedFn = Box<dyn FnMut() + Send>;
@@ -225,6 +236,8 @@ pub struct Builder<L, W> {
     on_stopped: Option<StoppedFn>,
     on_new_leader: Option<NewLeaderFn>,
     metrics: Option<Box<dyn LeaderMetrics>>,
+    #[cfg(feature = "kube")]
+    candidate: Option<crate::kube::LeaseCandidateRegistration>,
 }
 
 /// A validated builder, taken apart by a driver's `build`.
@@ -236,6 +249,8 @@ pub(crate) struct Parts<L, W> {
     pub(crate) on_stopped: StoppedFn,
     pub(crate) on_new_leader: Option<NewLeaderFn>,
     pub(crate) core: Core,
+    #[cfg(feature = "kube")]
+    pub(crate) candidate: Option<crate::kube::LeaseCandidateRegistration>,
 }
 
 impl<L, W> Builder<L, W> {
@@ -248,6 +263,8 @@ impl<L, W> Builder<L, W> {
             on_stopped: None,
             on_new_leader: None,
             metrics: None,
+            #[cfg(feature = "kube")]
+            candidate: None,
         }
     }
 
@@ -272,6 +289,19 @@ impl<L, W> Builder<L, W> {
     /// The seed of the retry jitter (default: random).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
+        self
+    }
+
+    /// Coordinated leader election: registers `candidate` (a `LeaseCandidate` named as this
+    /// elector's identity) while the elector runs and deletes it when it stops, and makes the
+    /// elector coordinated (it never creates or takes the lock; the election controller in
+    /// kube-apiserver names the holder). Needs the `CoordinatedLeaderElection` feature gate and
+    /// the `coordination.k8s.io/v1beta1` API on the cluster; without the controller nobody
+    /// leads.
+    #[cfg(feature = "kube")]
+    pub fn lease_candidate(mut self, candidate: crate::kube::LeaseCandidateRegistration) -> Self {
+        self.config.coordinated = true;
+        self.candidate = Some(candidate);
         self
     }
 
@@ -300,6 +330,15 @@ impl<L, W> Builder<L, W> {
         if !can_watch {
             self.config.observation = crate::config::Observation::Poll;
         }
+        #[cfg(feature = "kube")]
+        if let Some(c) = &self.candidate
+            && c.identity() != self.config.identity.as_str()
+        {
+            return Err(BuildError::CandidateIdentity {
+                candidate: c.identity().to_string(),
+                identity: self.config.identity.to_string(),
+            });
+        }
         let clock = Clock::new();
         let seed = self.seed.unwrap_or_else(random_seed);
         let elector = Elector::new(self.config.clone(), clock.now(), seed)?;
@@ -318,6 +357,8 @@ impl<L, W> Builder<L, W> {
             on_stopped,
             on_new_leader: self.on_new_leader,
             core,
+            #[cfg(feature = "kube")]
+            candidate: self.candidate,
         })
     }
 }

@@ -100,6 +100,8 @@ impl<L: Lock> Builder<L> {
             state_tx,
             done_tx,
             errors: ErrorLog::default(),
+            #[cfg(feature = "kube")]
+            candidate: parts.candidate,
             watch,
             on_started: parts.on_started,
             on_stopped: parts.on_stopped,
@@ -123,6 +125,8 @@ pub struct LeaderElector<L> {
     on_new_leader: Option<NewLeaderFn>,
     core: Core,
     errors: ErrorLog,
+    #[cfg(feature = "kube")]
+    candidate: Option<crate::kube::LeaseCandidateRegistration>,
 }
 
 /// The running elector: its state, and a way to stop it.
@@ -259,6 +263,13 @@ impl<L: Lock> LeaderElector<L> {
     /// of its term, or one retry period after it was told to stop if that is later. Work that
     /// ignores its cancellation then runs on unsupervised; the lock no longer protects it.
     pub async fn run(mut self, cancel: CancellationToken) {
+        // The LeaseCandidate lives as long as the elector: deleted after the release.
+        #[cfg(feature = "kube")]
+        let registration = self.candidate.take().map(|candidate| {
+            let stop = CancellationToken::new();
+            let task = ::tokio::spawn(candidate.run(stop.clone().cancelled_owned()));
+            (stop, task)
+        });
         let clock = self.shared.clock;
         let describe = self.lock.describe();
         let mut watch = self.watch.take();
@@ -372,6 +383,12 @@ impl<L: Lock> LeaderElector<L> {
         {
             self.shared
                 .work_panicked(&describe, super::panic_message(panic.into_panic()));
+        }
+        #[cfg(feature = "kube")]
+        if let Some((stop, task)) = registration {
+            stop.cancel();
+            // The registration deletes itself within 5 s.
+            let _ = ::tokio::time::timeout(Duration::from_secs(6), task).await;
         }
         if self.core.exit() {
             (self.on_stopped)();

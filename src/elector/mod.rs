@@ -713,6 +713,8 @@ impl Elector {
     }
 
     fn handle_shutdown(&mut self) {
+        // Whatever release follows, the elector finishes after it.
+        self.after_release = AfterLoss::Finish;
         match &self.phase {
             Phase::Leading { leader_until, .. } => {
                 let leader_until = *leader_until;
@@ -737,11 +739,8 @@ impl Elector {
                     self.phase = Phase::Finished;
                 }
             }
-            // A shutdown during a coordinated hand-over: finish once it is done.
-            Phase::Draining { .. } | Phase::Releasing { .. } => {
-                self.after_release = AfterLoss::Finish;
-            }
-            Phase::Finished => {}
+            // A shutdown during a coordinated hand-over: it finishes once that is done.
+            Phase::Draining { .. } | Phase::Releasing { .. } | Phase::Finished => {}
         }
     }
 

@@ -15,8 +15,12 @@
 //! `Api` calls carry no timeout of their own here: the driver gives every operation the
 //! elector's deadline.
 
+mod candidate;
 mod multi;
 
+pub use candidate::{
+    CandidateVersions, LeaseCandidateRegistration, OLDEST_EMULATION_VERSION, RENEW_EVERY,
+};
 pub use multi::MultiLock;
 
 use std::collections::BTreeMap;

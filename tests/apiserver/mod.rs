@@ -35,6 +35,8 @@
 //! body), bookmarks, watch timeouts and `410 Gone` (history is kept whole), admission, garbage
 //! collection, and any resource other than the four above.
 #![allow(dead_code)]
+// The test server is a stand-in for a real API server: it reads the real clocks.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
@@ -57,6 +59,7 @@ use tokio::sync::{Notify, mpsc};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     Lease,
+    LeaseCandidate,
     Pod,
     Endpoints,
     ConfigMap,
@@ -67,6 +70,7 @@ impl Kind {
     fn api_version(self) -> &'static str {
         match self {
             Kind::Lease => "coordination.k8s.io/v1",
+            Kind::LeaseCandidate => "coordination.k8s.io/v1beta1",
             Kind::Endpoints | Kind::ConfigMap | Kind::Pod => "v1",
             Kind::Event => "events.k8s.io/v1",
         }
@@ -75,6 +79,7 @@ impl Kind {
     fn name(self) -> &'static str {
         match self {
             Kind::Lease => "Lease",
+            Kind::LeaseCandidate => "LeaseCandidate",
             Kind::Endpoints => "Endpoints",
             Kind::Pod => "Pod",
             Kind::ConfigMap => "ConfigMap",
@@ -85,6 +90,7 @@ impl Kind {
     fn resource(self) -> &'static str {
         match self {
             Kind::Lease => "leases.coordination.k8s.io",
+            Kind::LeaseCandidate => "leasecandidates.coordination.k8s.io",
             Kind::Endpoints => "endpoints",
             Kind::ConfigMap => "configmaps",
             Kind::Pod => "pods",
@@ -143,6 +149,8 @@ pub struct ApiServer {
     shared: Arc<Shared>,
     /// The accept loop; it owns the connections, so aborting it closes them all.
     task: Mutex<tokio::task::JoinHandle<()>>,
+    /// The election controller's stand-in, when started.
+    controller: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for ApiServer {
@@ -151,6 +159,14 @@ impl Drop for ApiServer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .abort();
+        if let Some(c) = self
+            .controller
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            c.abort();
+        }
     }
 }
 
@@ -185,7 +201,38 @@ impl ApiServer {
             unhang: Notify::new(),
         });
         let task = Mutex::new(serve(listener, shared.clone()));
-        ApiServer { addr, shared, task }
+        ApiServer {
+            addr,
+            shared,
+            task,
+            controller: Mutex::new(None),
+        }
+    }
+
+    /// Starts a stand-in for kube-apiserver's coordinated leader election controller, as
+    /// observed on 1.36: for a Lease that is absent, released or expired and has
+    /// LeaseCandidates, it writes `pingTime` to every candidate, counts those whose `renewTime`
+    /// then passes the ping within 5 s, and names the best of them (oldest emulation version,
+    /// then binary version, then name) as `holderIdentity`, with `leaseTransitions` and
+    /// `acquireTime` untouched. While the Lease is held, a better candidate renewed within the
+    /// last 5 s becomes its `preferredHolder`.
+    pub fn start_election_controller(&self) {
+        let shared = self.shared.clone();
+        let task = tokio::spawn(async move {
+            let mut pings = BTreeMap::new();
+            loop {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                shared
+                    .state
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .elect(&mut pings);
+            }
+        });
+        *self
+            .controller
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(task);
     }
 
     /// Stops answering (every connection closed, new ones refused) for `down`, then listens
@@ -343,7 +390,147 @@ pub fn client_for(url: &str) -> kube::Client {
     kube::Client::try_from(config).expect("client")
 }
 
+/// Microseconds since the epoch, now.
+fn wall_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_micros()).ok())
+        .unwrap_or(0)
+}
+
+fn micro_time(micros: i64) -> Value {
+    json!(
+        leasehold::Timestamp::from_unix_micros(micros)
+            .unwrap_or(leasehold::Timestamp::UNIX_EPOCH)
+            .to_rfc3339_micros()
+    )
+}
+
+fn micros_of(v: &Value) -> Option<i64> {
+    v.as_str()
+        .and_then(|s| leasehold::Timestamp::parse_rfc3339(s).ok())
+        .map(leasehold::Timestamp::unix_micros)
+}
+
+/// `1.36.2` as numbers, for ordering.
+fn semver(v: &Value) -> Vec<u64> {
+    v.as_str()
+        .unwrap_or("")
+        .split('.')
+        .map(|p| p.parse().unwrap_or(u64::MAX))
+        .collect()
+}
+
 impl State {
+    /// One round of the election controller's stand-in (see
+    /// [`ApiServer::start_election_controller`]); `pings` holds when each Lease's candidates
+    /// were pinged.
+    fn elect(&mut self, pings: &mut BTreeMap<(String, String), (std::time::Instant, i64)>) {
+        let now = wall_micros();
+        let mut groups: BTreeMap<(String, String), Vec<(String, Value)>> = BTreeMap::new();
+        for ((kind, ns, name), object) in &self.objects {
+            if *kind == Kind::LeaseCandidate
+                && let Some(lease) = object["spec"]["leaseName"].as_str()
+            {
+                groups
+                    .entry((ns.clone(), lease.to_string()))
+                    .or_default()
+                    .push((name.clone(), object.clone()));
+            }
+        }
+        for ((ns, lease), candidates) in groups {
+            let key = (Kind::Lease, ns.clone(), lease.clone());
+            let current = self.objects.get(&key).cloned();
+            let holder = current.as_ref().and_then(|l| {
+                let spec = &l["spec"];
+                let holder = spec["holderIdentity"].as_str().filter(|h| !h.is_empty())?;
+                let renewed = micros_of(&spec["renewTime"])?;
+                let lds = spec["leaseDurationSeconds"].as_i64().unwrap_or(0);
+                (renewed + lds * 1_000_000 > now).then(|| holder.to_string())
+            });
+            let best = |among: Vec<&(String, Value)>| {
+                among
+                    .into_iter()
+                    .min_by_key(|(name, c)| {
+                        (
+                            semver(&c["spec"]["emulationVersion"]),
+                            semver(&c["spec"]["binaryVersion"]),
+                            name.clone(),
+                        )
+                    })
+                    .map(|(name, c)| (name.clone(), c["spec"]["strategy"].clone()))
+            };
+            let renewed_since = |c: &Value, since: i64| {
+                micros_of(&c["spec"]["renewTime"]).is_some_and(|r| r >= since)
+            };
+            match holder {
+                Some(holder) => {
+                    pings.remove(&(ns.clone(), lease.clone()));
+                    let fresh: Vec<_> = candidates
+                        .iter()
+                        .filter(|(_, c)| renewed_since(c, now - 5_000_000))
+                        .collect();
+                    if let Some((better, _)) = best(fresh)
+                        && better != holder
+                        && let Some(mut l) = current
+                        && l["spec"]["preferredHolder"].as_str() != Some(better.as_str())
+                    {
+                        l["spec"]["preferredHolder"] = json!(better);
+                        self.write(key, l);
+                    }
+                }
+                None => match pings.get(&(ns.clone(), lease.clone())).copied() {
+                    None => {
+                        for (name, mut c) in candidates {
+                            c["spec"]["pingTime"] = micro_time(now);
+                            self.write((Kind::LeaseCandidate, ns.clone(), name), c);
+                        }
+                        pings.insert((ns, lease), (std::time::Instant::now(), now));
+                    }
+                    Some((started, pinged_at)) => {
+                        let answered: Vec<_> = candidates
+                            .iter()
+                            .filter(|(_, c)| renewed_since(c, pinged_at))
+                            .collect();
+                        if !answered.is_empty() && started.elapsed() >= Duration::from_millis(100) {
+                            if let Some((chosen, strategy)) = best(answered) {
+                                let mut l = current.unwrap_or_else(|| json!({"spec": {}}));
+                                let spec = &mut l["spec"];
+                                spec["holderIdentity"] = json!(chosen);
+                                spec["leaseDurationSeconds"] = json!(15);
+                                spec["renewTime"] = micro_time(now);
+                                spec["strategy"] = strategy;
+                                if let Some(spec) = spec.as_object_mut() {
+                                    spec.remove("preferredHolder");
+                                }
+                                self.write(key, l);
+                            }
+                            pings.remove(&(ns, lease));
+                        } else if started.elapsed() >= Duration::from_secs(5) {
+                            // Nobody answered: ping again.
+                            pings.remove(&(ns, lease));
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Stores `object` under `key` as the server would: a new version, ADDED or MODIFIED.
+    fn write(&mut self, key: Key, mut object: Value) {
+        let event = if self.objects.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        self.resource_version += 1;
+        let rv = self.resource_version;
+        let (kind, ns, name) = key.clone();
+        stamp(&mut object, kind, &ns, &name, rv);
+        self.commit(key, event, object);
+    }
+
     fn commit(&mut self, key: Key, event: &'static str, object: Value) {
         self.notify(&key, event, &object);
         self.objects.insert(key, object);
@@ -503,6 +690,13 @@ fn route(path: &str) -> Option<(Kind, String, Option<String>)> {
     let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (kind, rest) = match seg.as_slice() {
         ["apis", "coordination.k8s.io", "v1", "namespaces", rest @ ..] => (Kind::Lease, rest),
+        [
+            "apis",
+            "coordination.k8s.io",
+            "v1beta1",
+            "namespaces",
+            rest @ ..,
+        ] => (Kind::LeaseCandidate, rest),
         ["apis", "events.k8s.io", "v1", "namespaces", rest @ ..] => (Kind::Event, rest),
         ["api", "v1", "namespaces", rest @ ..] => match rest.get(1) {
             Some(&"endpoints") => (Kind::Endpoints, rest),
@@ -514,6 +708,7 @@ fn route(path: &str) -> Option<(Kind, String, Option<String>)> {
     };
     let plural = match kind {
         Kind::Lease => "leases",
+        Kind::LeaseCandidate => "leasecandidates",
         Kind::Event => "events",
         Kind::Endpoints => "endpoints",
         Kind::ConfigMap => "configmaps",

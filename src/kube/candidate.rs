@@ -1,0 +1,193 @@
+//! Coordinated leader election (KEP-4355): this candidate's `LeaseCandidate`
+//! (`coordination.k8s.io/v1beta1`), from which an election controller in kube-apiserver picks
+//! the holder of the Lease.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::coordination::v1beta1::{LeaseCandidate, LeaseCandidateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff;
+use kube::Client;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::WatchStreamExt;
+use tokio::time::{Instant, sleep_until};
+
+use crate::record::Identity;
+
+/// How often the registration is renewed when nobody pings it (the controller garbage-collects
+/// candidates not renewed for hours; client-go renews only when pinged).
+pub const RENEW_EVERY: Duration = Duration::from_secs(120);
+
+/// The strategy coordinated election uses today.
+pub const OLDEST_EMULATION_VERSION: &str = "OldestEmulationVersion";
+
+/// What a candidate registers with: its binary and emulation versions (semver, no leading
+/// `v`) and the strategy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CandidateVersions {
+    /// The binary version, e.g. `1.36.2`.
+    pub binary_version: String,
+    /// The emulation version (required by [`OLDEST_EMULATION_VERSION`]), at most the binary
+    /// version.
+    pub emulation_version: Option<String>,
+    /// The election strategy.
+    pub strategy: String,
+}
+
+impl CandidateVersions {
+    /// `binary_version` as both versions, with the `OldestEmulationVersion` strategy.
+    pub fn new(binary_version: impl Into<String>) -> Self {
+        let binary_version = binary_version.into();
+        CandidateVersions {
+            emulation_version: Some(binary_version.clone()),
+            binary_version,
+            strategy: OLDEST_EMULATION_VERSION.to_string(),
+        }
+    }
+}
+
+/// This candidate's `LeaseCandidate`: created (or wholly replaced, so that a restart under the
+/// same name never keeps an old lease name or old versions), renewed at once whenever the
+/// controller pings it and every [`RENEW_EVERY`] otherwise, recreated if someone deletes it,
+/// and deleted on a graceful stop so that no election waits for a candidate that is gone.
+///
+/// The object's name is the candidate's identity: the controller writes it as the Lease's
+/// `holderIdentity`, which the elector must recognise as its own. The drivers run it next to
+/// the elector (`Builder::lease_candidate`); [`LeaseCandidateRegistration::run`] runs it alone.
+#[derive(Clone)]
+pub struct LeaseCandidateRegistration {
+    api: Api<LeaseCandidate>,
+    name: String,
+    lease_name: String,
+    versions: CandidateVersions,
+}
+
+impl LeaseCandidateRegistration {
+    /// The candidate `identity` for the Lease `lease_name` in `namespace`.
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        identity: &Identity,
+        lease_name: &str,
+        versions: CandidateVersions,
+    ) -> Self {
+        LeaseCandidateRegistration {
+            api: Api::namespaced(client, namespace),
+            name: identity.as_str().to_string(),
+            lease_name: lease_name.to_string(),
+            versions,
+        }
+    }
+
+    /// The identity this candidate registers as.
+    pub fn identity(&self) -> &str {
+        &self.name
+    }
+
+    /// Keeps the registration until `stop` completes, then deletes it (within 5 s). Errors are
+    /// logged and retried with a growing pause (1 s up to a minute): never a busy loop.
+    pub async fn run(self, stop: impl Future<Output = ()>) {
+        let mut stop = std::pin::pin!(stop);
+        let mut changes = kube::runtime::watcher::watch_object(self.api.clone(), &self.name)
+            .default_backoff()
+            .boxed();
+        let mut next = Instant::now();
+        let mut failures = 0u32;
+        loop {
+            tokio::select! {
+                () = &mut stop => break,
+                () = sleep_until(next) => match self.register().await {
+                    Ok(()) => {
+                        if failures > 0 {
+                            tracing::info!(candidate = %self.name, "LeaseCandidate registered again");
+                        }
+                        failures = 0;
+                        next = Instant::now() + RENEW_EVERY;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        if failures == 1 || failures.is_power_of_two() {
+                            tracing::error!(candidate = %self.name, error = %e, failures, "registering the LeaseCandidate");
+                        }
+                        let pause = Duration::from_secs(1 << failures.min(6)).min(Duration::from_secs(60));
+                        next = Instant::now() + pause;
+                    }
+                },
+                change = changes.next() => match change {
+                    // The controller asks whether we are alive: answer at once.
+                    Some(Ok(Some(candidate))) if pinged(&candidate) && failures == 0 => {
+                        next = Instant::now();
+                    }
+                    // Deleted (by someone else): register again at once.
+                    Some(Ok(None)) if failures == 0 => next = Instant::now(),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => tracing::warn!(candidate = %self.name, error = %e, "watching the LeaseCandidate"),
+                    None => changes = futures_util::stream::pending().boxed(),
+                },
+            }
+        }
+        let params = DeleteParams::default();
+        let delete = self.api.delete(&self.name, &params);
+        match tokio::time::timeout(Duration::from_secs(5), delete).await {
+            Ok(Ok(_)) => tracing::info!(candidate = %self.name, "LeaseCandidate deleted"),
+            Ok(Err(kube::Error::Api(status))) if status.code == 404 => {}
+            Ok(Err(e)) => {
+                tracing::warn!(candidate = %self.name, error = %e, "deleting the LeaseCandidate")
+            }
+            Err(_) => {
+                tracing::warn!(candidate = %self.name, "deleting the LeaseCandidate: no answer")
+            }
+        }
+    }
+
+    /// Creates the object, or replaces it whole with a fresh `renewTime`.
+    async fn register(&self) -> Result<(), kube::Error> {
+        #[allow(clippy::disallowed_methods)] // renewTime is a wall-clock stamp
+        let now = MicroTime(jiff::Timestamp::now());
+        let mut candidate = LeaseCandidate {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                ..Default::default()
+            },
+            spec: LeaseCandidateSpec {
+                lease_name: self.lease_name.clone(),
+                binary_version: self.versions.binary_version.clone(),
+                emulation_version: self.versions.emulation_version.clone(),
+                strategy: self.versions.strategy.clone(),
+                renew_time: Some(now),
+                ping_time: None,
+            },
+        };
+        match self.api.get_opt(&self.name).await? {
+            None => {
+                self.api.create(&PostParams::default(), &candidate).await?;
+            }
+            // `leaseName` cannot change: a candidate that moved to another Lease starts over.
+            Some(current) if current.spec.lease_name != self.lease_name => {
+                self.api
+                    .delete(&self.name, &DeleteParams::default())
+                    .await?;
+                self.api.create(&PostParams::default(), &candidate).await?;
+            }
+            Some(current) => {
+                candidate.metadata.resource_version = current.metadata.resource_version;
+                candidate.spec.ping_time = current.spec.ping_time;
+                self.api
+                    .replace(&self.name, &PostParams::default(), &candidate)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether the controller pinged after our last renewal.
+fn pinged(candidate: &LeaseCandidate) -> bool {
+    match (&candidate.spec.ping_time, &candidate.spec.renew_time) {
+        (Some(ping), Some(renew)) => ping.0 > renew.0,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}

@@ -1,0 +1,194 @@
+//! Coordinated leader election over HTTP: LeaseCandidate registration, answers to pings, the
+//! election controller's choice (a stand-in in the Lease API test server), yielding to a
+//! better late candidate with a release, shutdown, and no controller at all.
+#![cfg(all(feature = "tokio", feature = "kube"))]
+#![allow(clippy::disallowed_methods)] // these tests read the real clock
+
+mod apiserver;
+mod common;
+
+use std::time::{Duration, Instant};
+
+use apiserver::{ApiServer, Kind};
+use common::{fast, id};
+use leasehold::kube::{CandidateVersions, LeaseCandidateRegistration, LeaseLock};
+use leasehold::tokio::{Handle, LeaderElector};
+use leasehold::{AfterLoss, Config, FencingToken, Observation};
+use tokio::time::sleep;
+
+const NS: &str = "default";
+
+fn candidate_config(name: &str) -> Config {
+    Config {
+        observation: Observation::Watch,
+        after_loss: AfterLoss::Recontend,
+        ..fast(name)
+    }
+}
+
+fn spawn(server: &ApiServer, name: &str, version: &str) -> Handle {
+    let registration = LeaseCandidateRegistration::new(
+        server.client(),
+        NS,
+        &id(name),
+        "ctl",
+        CandidateVersions::new(version),
+    );
+    LeaderElector::builder(
+        candidate_config(name),
+        LeaseLock::new(server.client(), NS, "ctl"),
+    )
+    .lease_candidate(registration)
+    .on_started_leading(|leader| async move { leader.cancel.cancelled().await })
+    .on_stopped_leading(|| {})
+    .build()
+    .expect("valid")
+    .spawn()
+}
+
+async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "not within {limit:?}");
+        sleep(Duration::from_millis(10)).await;
+    }
+    start.elapsed()
+}
+
+fn candidate(server: &ApiServer, name: &str) -> Option<serde_json::Value> {
+    server.object(Kind::LeaseCandidate, NS, name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registration_answers_pings_and_is_deleted_on_stop() {
+    let server = ApiServer::start().await;
+    let registration = LeaseCandidateRegistration::new(
+        server.client(),
+        NS,
+        &id("a"),
+        "ctl",
+        CandidateVersions::new("1.36.0"),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(registration.run(async move {
+        let _ = stopped.await;
+    }));
+    until(Duration::from_secs(3), || candidate(&server, "a").is_some()).await;
+    let c = candidate(&server, "a").expect("registered");
+    assert_eq!(c["spec"]["leaseName"], "ctl");
+    assert_eq!(c["spec"]["binaryVersion"], "1.36.0");
+    assert_eq!(c["spec"]["emulationVersion"], "1.36.0");
+    assert_eq!(c["spec"]["strategy"], "OldestEmulationVersion");
+    // The controller pings: pingTime after renewTime. The answer comes at once.
+    let renewed = c["spec"]["renewTime"]
+        .as_str()
+        .expect("renewed")
+        .to_string();
+    let mut pinged = c.clone();
+    pinged["spec"]["pingTime"] = serde_json::json!("2999-01-01T00:00:00.000000Z");
+    let pinged_at = Instant::now();
+    server.put_raw(Kind::LeaseCandidate, NS, "a", pinged);
+    let answered = until(Duration::from_secs(2), || {
+        candidate(&server, "a")
+            .is_some_and(|c| c["spec"]["renewTime"].as_str() != Some(renewed.as_str()))
+    })
+    .await;
+    assert!(
+        answered < Duration::from_secs(1),
+        "answered in {answered:?}"
+    );
+    let _ = pinged_at;
+    // Someone deletes it: registered again.
+    server.delete(Kind::LeaseCandidate, NS, "a");
+    until(Duration::from_secs(3), || candidate(&server, "a").is_some()).await;
+    // A graceful stop deletes it, so that no election waits for it.
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(6), task)
+        .await
+        .expect("stops")
+        .expect("no panic");
+    assert!(candidate(&server, "a").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_picks_the_oldest_version_and_tokens_rise() {
+    let server = ApiServer::start().await;
+    server.start_election_controller();
+    let newer = spawn(&server, "b", "1.37.0");
+    let older = spawn(&server, "a", "1.36.0");
+    until(Duration::from_secs(5), || older.is_leader()).await;
+    assert!(!newer.is_leader());
+    let token = older.state().borrow().token.expect("leading");
+    assert!(
+        token >= FencingToken(1),
+        "a coordinated term counts a transition: {token}"
+    );
+    let lease = server.object(Kind::Lease, NS, "ctl").expect("created");
+    assert_eq!(lease["spec"]["holderIdentity"], "a");
+    older.shutdown().await;
+    newer.shutdown().await;
+    assert!(candidate(&server, "a").is_none() && candidate(&server, "b").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_better_late_candidate_leads_within_a_second_or_so() {
+    let server = ApiServer::start().await;
+    server.start_election_controller();
+    let newer = spawn(&server, "b", "1.37.0");
+    until(Duration::from_secs(5), || newer.is_leader()).await;
+    let first = newer.state().borrow().token.expect("leading");
+    // An older version joins: the controller prefers it; the leader yields and releases.
+    let joined = Instant::now();
+    let older = spawn(&server, "a", "1.36.0");
+    until(Duration::from_secs(5), || older.is_leader()).await;
+    let handover = joined.elapsed();
+    assert!(
+        handover < Duration::from_secs(3),
+        "handover took {handover:?}"
+    );
+    assert!(!newer.is_leader());
+    let second = older.state().borrow().token.expect("leading");
+    assert!(second > first, "tokens rise: {first} then {second}");
+    older.shutdown().await;
+    newer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_controller_nobody_leads() {
+    let server = ApiServer::start().await;
+    let a = spawn(&server, "a", "1.36.0");
+    let b = spawn(&server, "b", "1.37.0");
+    until(Duration::from_secs(3), || {
+        candidate(&server, "a").is_some() && candidate(&server, "b").is_some()
+    })
+    .await;
+    sleep(Duration::from_secs(3)).await;
+    assert!(!a.is_leader() && !b.is_leader());
+    assert!(
+        server.object(Kind::Lease, NS, "ctl").is_none(),
+        "never created"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_candidate_must_be_named_as_the_identity() {
+    let server = ApiServer::start().await;
+    let registration = LeaseCandidateRegistration::new(
+        server.client(),
+        NS,
+        &id("other"),
+        "ctl",
+        CandidateVersions::new("1.36.0"),
+    );
+    let built = LeaderElector::builder(
+        candidate_config("a"),
+        LeaseLock::new(server.client(), NS, "ctl"),
+    )
+    .lease_candidate(registration)
+    .on_started_leading(|_| async {})
+    .on_stopped_leading(|| {})
+    .build();
+    assert!(built.is_err());
+}

@@ -192,3 +192,40 @@ async fn the_candidate_must_be_named_as_the_identity() {
     .build();
     assert!(built.is_err());
 }
+
+/// The blocking driver runs the registration too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_blocking_driver_registers_and_leads_when_picked() {
+    use leasehold::blocking::{LeaderElector as Blocking, RemoteLock};
+    let server = ApiServer::start().await;
+    server.start_election_controller();
+    let url = server.url();
+    let registration = LeaseCandidateRegistration::new(
+        server.client(),
+        NS,
+        &id("a"),
+        "ctl",
+        CandidateVersions::new("1.36.0"),
+    );
+    let handle = tokio::task::spawn_blocking(move || {
+        let lock = RemoteLock::spawn(move || async move {
+            Ok::<_, String>(LeaseLock::new(apiserver::client_for(&url), NS, "ctl"))
+        })
+        .expect("the lock starts");
+        Blocking::builder(candidate_config("a"), lock)
+            .lease_candidate(registration)
+            .on_started_leading(|leader| leader.stop.wait())
+            .on_stopped_leading(|| {})
+            .build()
+            .expect("valid")
+            .spawn()
+    })
+    .await
+    .expect("built");
+    until(Duration::from_secs(5), || handle.is_leader()).await;
+    assert!(candidate(&server, "a").is_some());
+    tokio::task::spawn_blocking(move || handle.shutdown())
+        .await
+        .expect("shut down");
+    assert!(candidate(&server, "a").is_none(), "deleted on shutdown");
+}

@@ -248,6 +248,8 @@ impl<L: BlockingLock> Builder<L> {
             core: parts.core,
             errors: ErrorLog::default(),
             done: Done::default(),
+            #[cfg(feature = "kube")]
+            candidate: parts.candidate,
         })
     }
 }
@@ -277,6 +279,8 @@ pub struct LeaderElector<L> {
     core: Core,
     errors: ErrorLog,
     done: Done,
+    #[cfg(feature = "kube")]
+    candidate: Option<crate::kube::LeaseCandidateRegistration>,
 }
 
 /// Set when the driver has returned; waited on by [`Handle::finished`].
@@ -431,6 +435,25 @@ impl<L: BlockingLock> LeaderElector<L> {
     pub fn run(mut self) {
         // Whatever happens below (a panicking callback included), `finished` returns.
         let _done = SetOnDrop(self.done.clone());
+        // The LeaseCandidate lives as long as the elector, on a small runtime of its own (its
+        // kube client must have been built in a runtime that outlives the elector, such as
+        // the one `RemoteLock::spawn` builds the lock in).
+        #[cfg(feature = "kube")]
+        let registration = self.candidate.take().map(|candidate| {
+            let (stop, stopped) = ::tokio::sync::oneshot::channel::<()>();
+            let thread = std::thread::spawn(move || {
+                match ::tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(candidate.run(async move {
+                        let _ = stopped.await;
+                    })),
+                    Err(e) => tracing::error!(error = %e, "no runtime for the LeaseCandidate"),
+                }
+            });
+            (stop, thread)
+        });
         let clock = self.shared.clock;
         let describe = self.lock.describe();
         let watching = Arc::new(AtomicBool::new(true));
@@ -555,6 +578,12 @@ impl<L: BlockingLock> LeaderElector<L> {
                     Err(_) => break,
                 }
             }
+        }
+        #[cfg(feature = "kube")]
+        if let Some((stop, thread)) = registration {
+            // The registration deletes itself within 5 s.
+            let _ = stop.send(());
+            let _ = thread.join();
         }
         if self.core.exit() {
             (self.on_stopped)();

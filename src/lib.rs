@@ -157,6 +157,11 @@
 //! * A held record with `leaseDurationSeconds: 0` counts as our own lease duration, not as
 //!   expired. Records that cannot be decoded are never overwritten.
 //! * Renewals keep `strategy` and `preferredHolder` (client-go's fast path drops them).
+//! * Coordinated election: a leader that sees `preferredHolder` naming another steps down at
+//!   once and, with release configured, releases once its work stopped (client-go lets the
+//!   lease run out); the first write of a coordinated term counts a transition, so fencing
+//!   tokens rise although the election controller never counts them. The
+//!   `kube::LeaseCandidateRegistration` answers pings at once and deletes itself on shutdown.
 //! * Sub-second or fractional-second lease durations are rejected ([`ConfigError`]).
 
 pub mod config;

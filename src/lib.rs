@@ -162,6 +162,9 @@
 //!   lease run out); the first write of a coordinated term counts a transition, so fencing
 //!   tokens rise although the election controller never counts them. The
 //!   `kube::LeaseCandidateRegistration` answers pings at once and deletes itself on shutdown.
+//!   In coordinated mode the controller, not the candidates, decides when a lease has expired,
+//!   from `renewTime` and its own clock: the safety theorem above then also needs the
+//!   leader's wall clock to agree with the API server's to within `LD - RD`.
 //! * Sub-second or fractional-second lease durations are rejected ([`ConfigError`]).
 
 pub mod config;

@@ -813,3 +813,32 @@ fn a_shutdown_after_a_coordinated_handover_finishes() {
     h.answer(written("7"));
     assert!(h.done, "finished, not contending again");
 }
+
+/// leasehold: a coordinated candidate takes up an expired lease that still names it (after an
+/// outage, say): the controller does not name the same holder twice, so nobody else would.
+#[test]
+fn coordinated_takes_up_an_expired_lease_that_names_it() {
+    let mut h = Harness::new(coordinated());
+    h.answer(found("1", record("baz", 5)));
+    // The first write fails for longer than the lease.
+    h.answer(failed(LockErrorKind::Unavailable));
+    while h.now < secs(8) {
+        match h.pending.as_ref().map(|p| p.request.clone()) {
+            Some(LockRequest::Get) => h.answer(found("1", record("baz", 5))),
+            Some(_) => h.answer(failed(LockErrorKind::Unavailable)),
+            None => h.wake(),
+        }
+    }
+    // The API is back; the record, unchanged, has long expired.
+    while h.pending.is_none() {
+        h.wake();
+    }
+    while !h.is_leader() && h.now < secs(20) {
+        match h.pending.as_ref().map(|p| p.request.clone()) {
+            Some(LockRequest::Get) => h.answer(found("1", record("baz", 5))),
+            Some(_) => h.answer(written("2")),
+            None => h.wake(),
+        }
+    }
+    assert!(h.is_leader(), "takes it up");
+}

@@ -86,7 +86,6 @@ async fn the_registration_answers_pings_and_is_deleted_on_stop() {
         .to_string();
     let mut pinged = c.clone();
     pinged["spec"]["pingTime"] = serde_json::json!("2999-01-01T00:00:00.000000Z");
-    let pinged_at = Instant::now();
     server.put_raw(Kind::LeaseCandidate, NS, "a", pinged);
     let answered = until(Duration::from_secs(2), || {
         candidate(&server, "a")
@@ -97,7 +96,17 @@ async fn the_registration_answers_pings_and_is_deleted_on_stop() {
         answered < Duration::from_secs(1),
         "answered in {answered:?}"
     );
-    let _ = pinged_at;
+    // Stamped no earlier than the ping, so the controller counts it even if our clock lags;
+    // and answered once, not in a loop.
+    let answer = candidate(&server, "a").expect("registered");
+    assert_eq!(answer["spec"]["renewTime"], "2999-01-01T00:00:00.000000Z");
+    let version = answer["metadata"]["resourceVersion"].clone();
+    sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        candidate(&server, "a").expect("registered")["metadata"]["resourceVersion"],
+        version,
+        "one answer per ping"
+    );
     // Someone deletes it: registered again.
     server.delete(Kind::LeaseCandidate, NS, "a");
     until(Duration::from_secs(3), || candidate(&server, "a").is_some()).await;
@@ -170,6 +179,27 @@ async fn without_the_controller_nobody_leads() {
     );
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_candidate_must_be_named_as_the_identity_a_valid_object_name() {
+    let server = ApiServer::start().await;
+    let registration = LeaseCandidateRegistration::new(
+        server.client(),
+        NS,
+        &id("Host_1"),
+        "ctl",
+        CandidateVersions::new("1.36.0"),
+    );
+    let built = LeaderElector::builder(
+        candidate_config("Host_1"),
+        LeaseLock::new(server.client(), NS, "ctl"),
+    )
+    .lease_candidate(registration)
+    .on_started_leading(|_| async {})
+    .on_stopped_leading(|| {})
+    .build();
+    assert!(built.is_err(), "not an object name");
 }
 
 #[tokio::test]

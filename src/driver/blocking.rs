@@ -439,7 +439,7 @@ impl<L: BlockingLock> LeaderElector<L> {
         // kube client must have been built in a runtime that outlives the elector, such as
         // the one `RemoteLock::spawn` builds the lock in).
         #[cfg(feature = "kube")]
-        let registration = self.candidate.take().map(|candidate| {
+        let mut registration = self.candidate.take().map(|candidate| {
             let (stop, stopped) = ::tokio::sync::oneshot::channel::<()>();
             let thread = std::thread::spawn(move || {
                 match ::tokio::runtime::Builder::new_current_thread()
@@ -544,6 +544,10 @@ impl<L: BlockingLock> LeaderElector<L> {
                 Ok(Message::Shutdown) => {
                     if !shutdown_sent {
                         shutdown_sent = true;
+                        // The candidate goes before the release, so the controller neither
+                        // picks nor waits for it.
+                        #[cfg(feature = "kube")]
+                        deregister(registration.take());
                         self.shared.input(Input::Shutdown);
                     }
                 }
@@ -580,11 +584,7 @@ impl<L: BlockingLock> LeaderElector<L> {
             }
         }
         #[cfg(feature = "kube")]
-        if let Some((stop, thread)) = registration {
-            // The registration deletes itself within 5 s.
-            let _ = stop.send(());
-            let _ = thread.join();
-        }
+        deregister(registration.take());
         if self.core.exit() {
             (self.on_stopped)();
         }
@@ -681,6 +681,16 @@ impl<L: BlockingLock> LeaderElector<L> {
                 }
             }
         }
+    }
+}
+
+/// Stops the LeaseCandidate registration and waits for it to delete itself (its calls are
+/// bounded: 10 s for one in flight, 5 s for the delete).
+#[cfg(feature = "kube")]
+fn deregister(registration: Option<(::tokio::sync::oneshot::Sender<()>, JoinHandle<()>)>) {
+    if let Some((stop, thread)) = registration {
+        let _ = stop.send(());
+        let _ = thread.join();
     }
 }
 

@@ -210,10 +210,11 @@ pub enum BuildError {
     /// A required callback is missing (client-go's rules 6 and 7, with its messages).
     #[error("{0}")]
     MissingCallback(&'static str),
-    /// The LeaseCandidate registers under another name than the elector's identity, so the
-    /// election controller's choice would never be recognised.
+    /// The LeaseCandidate registers under another name than the elector's identity (so the
+    /// election controller's choice would never be recognised), or the identity is no valid
+    /// object name (lowercase letters, digits, `-` and `.`, at most 253 characters).
     #[error(
-        "the LeaseCandidate {candidate:?} must be named as the elector's identity {identity:?}"
+        "the LeaseCandidate {candidate:?} must be named as the elector's identity {identity:?}, a valid object name (lowercase letters, digits, '-' and '.')"
     )]
     CandidateIdentity {
         /// The candidate's name.
@@ -332,7 +333,7 @@ impl<L, W> Builder<L, W> {
         }
         #[cfg(feature = "kube")]
         if let Some(c) = &self.candidate
-            && c.identity() != self.config.identity.as_str()
+            && (c.identity() != self.config.identity.as_str() || !is_object_name(c.identity()))
         {
             return Err(BuildError::CandidateIdentity {
                 candidate: c.identity().to_string(),
@@ -448,6 +449,17 @@ impl Core {
         self.metric(|m, name| m.off(name));
         self.terms_ended == 0
     }
+}
+
+/// Whether `name` is a Kubernetes object name (an RFC 1123 subdomain).
+#[cfg(feature = "kube")]
+fn is_object_name(name: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !name.is_empty()
+        && name.len() <= 253
+        && name.chars().all(|c| alnum(c) || c == '-' || c == '.')
+        && name.starts_with(alnum)
+        && name.ends_with(alnum)
 }
 
 /// The message of a caught panic.

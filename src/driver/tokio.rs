@@ -263,12 +263,14 @@ impl<L: Lock> LeaderElector<L> {
     /// of its term, or one retry period after it was told to stop if that is later. Work that
     /// ignores its cancellation then runs on unsupervised; the lock no longer protects it.
     pub async fn run(mut self, cancel: CancellationToken) {
-        // The LeaseCandidate lives as long as the elector: deleted after the release.
+        // The LeaseCandidate lives as long as the elector: deleted before the release (so the
+        // controller does not pick or wait for a candidate that is leaving), and even if this
+        // future is dropped (an abort, a panic): the guard then stops it.
         #[cfg(feature = "kube")]
-        let registration = self.candidate.take().map(|candidate| {
+        let mut registration = self.candidate.take().map(|candidate| {
             let stop = CancellationToken::new();
             let task = ::tokio::spawn(candidate.run(stop.clone().cancelled_owned()));
-            (stop, task)
+            (stop.drop_guard(), task)
         });
         let clock = self.shared.clock;
         let describe = self.lock.describe();
@@ -325,6 +327,8 @@ impl<L: Lock> LeaderElector<L> {
                 biased;
                 () = cancel.cancelled(), if !shutdown_sent => {
                     shutdown_sent = true;
+                    #[cfg(feature = "kube")]
+                    deregister(registration.take()).await;
                     self.shared.input(Input::Shutdown);
                 }
                 result = poll_pending(&mut pending), if pending.is_some() => {
@@ -385,11 +389,7 @@ impl<L: Lock> LeaderElector<L> {
                 .work_panicked(&describe, super::panic_message(panic.into_panic()));
         }
         #[cfg(feature = "kube")]
-        if let Some((stop, task)) = registration {
-            stop.cancel();
-            // The registration deletes itself within 5 s.
-            let _ = ::tokio::time::timeout(Duration::from_secs(6), task).await;
-        }
+        deregister(registration.take()).await;
         if self.core.exit() {
             (self.on_stopped)();
         }
@@ -492,6 +492,15 @@ async fn watchdog(cancel: CancellationToken, mut until: watch::Receiver<::tokio:
                 }
             }
         }
+    }
+}
+
+/// Stops the LeaseCandidate registration and waits for it to delete itself (within 5 s).
+#[cfg(feature = "kube")]
+async fn deregister(registration: Option<(tokio_util::sync::DropGuard, JoinHandle<()>)>) {
+    if let Some((guard, task)) = registration {
+        drop(guard);
+        let _ = ::tokio::time::timeout(Duration::from_secs(16), task).await;
     }
 }
 

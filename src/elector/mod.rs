@@ -919,9 +919,12 @@ impl Elector {
                 let ours = o.record.is_held_by(me);
                 let expired = now >= self.expires_at(o);
                 if self.config.coordinated {
-                    // We only renew what names us, until it expires or names someone else as
-                    // preferred.
-                    return ours && !expired && self.yield_to(&o.record).is_none();
+                    // We only write what names us (the compare-and-swap fails if the
+                    // controller has named someone else since), and yield to a preferred
+                    // holder until the lease has run out without it taking over. An expired
+                    // lease that still names us is taken up: the controller does not name the
+                    // same holder twice, so nobody else would.
+                    return ours && (expired || self.yield_to(&o.record).is_none());
                 }
                 if !ours && o.record.leader_transitions >= MAX_INT32 {
                     // leaderTransitions cannot grow: taking over would repeat a fencing token.
@@ -1062,8 +1065,12 @@ impl Elector {
             // Coordinated election: the API server named us, and does not count transitions;
             // the first write of our term does, so that fencing tokens rise.
             Some(current) if current.is_held_by(&me) && self.config.coordinated => {
+                let seen = self
+                    .transitions_seen
+                    .unwrap_or(0)
+                    .max(current.leader_transitions);
                 LeaderElectionRecord {
-                    leader_transitions: current.leader_transitions.saturating_add(1),
+                    leader_transitions: seen.saturating_add(1),
                     acquire_time: Some(self.stamp()),
                     ..self.renew_record(current)
                 }

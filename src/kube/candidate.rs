@@ -20,6 +20,9 @@ use crate::record::Identity;
 /// candidates not renewed for hours; client-go renews only when pinged).
 pub const RENEW_EVERY: Duration = Duration::from_secs(120);
 
+/// How long one registration call may take.
+const CALL_LIMIT: Duration = Duration::from_secs(10);
+
 /// The strategy coordinated election uses today.
 pub const OLDEST_EMULATION_VERSION: &str = "OldestEmulationVersion";
 
@@ -95,16 +98,24 @@ impl LeaseCandidateRegistration {
             .boxed();
         let mut next = Instant::now();
         let mut failures = 0u32;
+        // The last ping answered: a ping is answered once, even if our clock lags the
+        // controller's (then the answer is stamped with the ping's time, see `register`).
+        let mut answered: Option<jiff::Timestamp> = None;
         loop {
             tokio::select! {
                 () = &mut stop => break,
-                () = sleep_until(next) => match self.register().await {
+                () = sleep_until(next) => match tokio::time::timeout(CALL_LIMIT, self.register()).await.unwrap_or_else(|_| Err(kube::Error::Service("no answer within 10 s".into()))) {
                     Ok(()) => {
                         if failures > 0 {
                             tracing::info!(candidate = %self.name, "LeaseCandidate registered again");
                         }
                         failures = 0;
                         next = Instant::now() + RENEW_EVERY;
+                    }
+                    // A ping that raced our write: try again at once, once.
+                    Err(kube::Error::Api(status)) if status.code == 409 && failures == 0 => {
+                        failures = 1;
+                        next = Instant::now();
                     }
                     Err(e) => {
                         failures += 1;
@@ -118,7 +129,11 @@ impl LeaseCandidateRegistration {
                 change = changes.next() => match change {
                     // The controller asks whether we are alive: answer at once.
                     Some(Ok(Some(candidate))) if pinged(&candidate) && failures == 0 => {
-                        next = Instant::now();
+                        let ping = candidate.spec.ping_time.as_ref().map(|p| p.0);
+                        if ping != answered {
+                            answered = ping;
+                            next = Instant::now();
+                        }
                     }
                     // Deleted (by someone else): register again at once.
                     Some(Ok(None)) if failures == 0 => next = Instant::now(),
@@ -142,10 +157,11 @@ impl LeaseCandidateRegistration {
         }
     }
 
-    /// Creates the object, or replaces it whole with a fresh `renewTime`.
+    /// Creates the object, or replaces it whole with a fresh `renewTime` (no earlier than the
+    /// last ping, so that the controller counts the answer even if our clock lags its own).
     async fn register(&self) -> Result<(), kube::Error> {
         #[allow(clippy::disallowed_methods)] // renewTime is a wall-clock stamp
-        let now = MicroTime(jiff::Timestamp::now());
+        let now = jiff::Timestamp::now();
         let mut candidate = LeaseCandidate {
             metadata: ObjectMeta {
                 name: Some(self.name.clone()),
@@ -156,7 +172,7 @@ impl LeaseCandidateRegistration {
                 binary_version: self.versions.binary_version.clone(),
                 emulation_version: self.versions.emulation_version.clone(),
                 strategy: self.versions.strategy.clone(),
-                renew_time: Some(now),
+                renew_time: Some(MicroTime(now)),
                 ping_time: None,
             },
         };
@@ -173,6 +189,9 @@ impl LeaseCandidateRegistration {
             }
             Some(current) => {
                 candidate.metadata.resource_version = current.metadata.resource_version;
+                if let Some(ping) = &current.spec.ping_time {
+                    candidate.spec.renew_time = Some(MicroTime(now.max(ping.0)));
+                }
                 candidate.spec.ping_time = current.spec.ping_time;
                 self.api
                     .replace(&self.name, &PostParams::default(), &candidate)

@@ -4,15 +4,13 @@
 use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::process::{ExitCode, ExitStatus};
-use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold::lock::Lock;
-use leasehold::tokio::{LeaderContext, LeaderElector};
+use leasehold::tokio::LeaderContext;
 use leasehold::{Config, FencingToken};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
@@ -71,31 +69,19 @@ async fn elect<L: Lock>(
 ) -> Result<u8, Fatal> {
     let name = config.name.clone();
     let (ended_tx, mut ended) = mpsc::unbounded_channel::<Ended>();
-    let handle = LeaderElector::builder(config, lock)
-        .on_started_leading(move |leader| lead(spec.clone(), leader, ended_tx.clone()))
-        .on_stopped_leading(|| tracing::info!("stopped leading"))
-        .on_new_leader(|leader| {
-            let leader = leader.map_or_else(|| "nobody".to_string(), ToString::to_string);
-            tracing::info!(%leader, "the lock names a new holder");
-        })
-        .build()
-        .map_err(|e| Fatal::usage(e.to_string()))?
-        .spawn();
-    let handle = Arc::new(handle);
+    let mut signals = crate::StopSignals::catch()?;
+    let handle = crate::start(config, lock, move |leader| {
+        lead(spec.clone(), leader, ended_tx.clone())
+    })?;
     if let Some(addr) = http {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| Fatal::runtime(format!("--http {addr}: {e}")))?;
         tokio::spawn(crate::http::serve_on(listener, handle.clone(), name));
     }
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|e| Fatal::runtime(format!("cannot catch SIGTERM: {e}")))?;
-    let mut interrupt = signal(SignalKind::interrupt())
-        .map_err(|e| Fatal::runtime(format!("cannot catch SIGINT: {e}")))?;
     let code = tokio::select! {
         Some(Ended(code)) = ended.recv() => code,
-        _ = term.recv() => 0,
-        _ = interrupt.recv() => 0,
+        () = signals.recv() => 0,
         () = handle.finished() => {
             return Err(Fatal::runtime("the election stopped (see the log above)"));
         }

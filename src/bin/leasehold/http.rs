@@ -10,10 +10,9 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use leasehold::lock::Lock;
-use leasehold::tokio::{Handle, LeaderContext, LeaderElector};
+use leasehold::tokio::{Handle, LeaderContext};
 use leasehold::{Config, Role};
 use tokio::net::TcpListener;
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{Fatal, ServeArgs};
 
@@ -143,25 +142,11 @@ async fn elect<L: Lock>(
 ) -> Result<u8, Fatal> {
     let name = config.name.clone();
     let cleanup = side.clone();
-    let handle = LeaderElector::builder(config, lock)
-        .on_started_leading(move |leader| side.clone().lead(leader))
-        .on_stopped_leading(|| tracing::info!("stopped leading"))
-        .on_new_leader(|leader| {
-            let leader = leader.map_or_else(|| "nobody".to_string(), ToString::to_string);
-            tracing::info!(%leader, "the lock names a new holder");
-        })
-        .build()
-        .map_err(|e| Fatal::usage(e.to_string()))?
-        .spawn();
-    let handle = Arc::new(handle);
+    let mut signals = crate::StopSignals::catch()?;
+    let handle = crate::start(config, lock, move |leader| side.clone().lead(leader))?;
     tokio::spawn(serve_on(listener, handle.clone(), name));
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|e| Fatal::runtime(format!("cannot catch SIGTERM: {e}")))?;
-    let mut interrupt = signal(SignalKind::interrupt())
-        .map_err(|e| Fatal::runtime(format!("cannot catch SIGINT: {e}")))?;
     tokio::select! {
-        _ = term.recv() => {}
-        _ = interrupt.recv() => {}
+        () = signals.recv() => {}
         () = handle.finished() => {
             return Err(Fatal::runtime("the election stopped (see the log above)"));
         }

@@ -19,9 +19,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::future::Future;
+use std::sync::Arc;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use leasehold::kube::{LockObject, ObjectLock};
+use leasehold::lock::Lock;
+use leasehold::tokio::{Handle, LeaderContext, LeaderElector};
 use leasehold::{AfterLoss, Config, Identity, Observation};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// Leader election for any program, on a Kubernetes Lease (or a ConfigMap or Endpoints lock),
 /// compatible with client-go's leader election.
@@ -289,6 +295,52 @@ fn hostname_random() -> String {
         h.finish()
     };
     format!("{host}_{suffix:016x}")
+}
+
+/// Starts the elector with `work` as the leader work and the command's logging callbacks.
+fn start<L, F, Fut>(config: Config, lock: L, work: F) -> Result<Arc<Handle>, Fatal>
+where
+    L: Lock,
+    F: FnMut(LeaderContext) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let handle = LeaderElector::builder(config, lock)
+        .on_started_leading(work)
+        .on_stopped_leading(|| tracing::info!("stopped leading"))
+        .on_new_leader(|leader| {
+            let leader = leader.map_or_else(|| "nobody".to_string(), ToString::to_string);
+            tracing::info!(%leader, "the lock names a new holder");
+        })
+        .build()
+        .map_err(|e| Fatal::usage(e.to_string()))?
+        .spawn();
+    Ok(Arc::new(handle))
+}
+
+/// SIGTERM and SIGINT, caught from the start of the election.
+struct StopSignals {
+    term: Signal,
+    interrupt: Signal,
+}
+
+impl StopSignals {
+    fn catch() -> Result<Self, Fatal> {
+        let catch = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| Fatal::runtime(format!("cannot catch {name}: {e}")))
+        };
+        Ok(StopSignals {
+            term: catch(SignalKind::terminate(), "SIGTERM")?,
+            interrupt: catch(SignalKind::interrupt(), "SIGINT")?,
+        })
+    }
+
+    /// One of them arrived.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
 }
 
 /// Checks the namespace and the permissions, and says what to fix.

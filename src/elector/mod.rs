@@ -130,8 +130,8 @@ pub struct Elector {
     /// When an operation was last brought forward of its schedule, for each cause.
     /// INVARIANT: at most once per `retry_period` for each.
     hurried_at: [Option<Instant>; 2],
-    /// The last instant the lock answered (a result other than a failure, a lost race, or an
-    /// observation): how long the elector has been cut off, for [`Elector::check`].
+    /// The last instant the lock answered (a success, a lost race, or an observation): how
+    /// long the elector has been cut off, for [`Elector::check`].
     last_contact: Instant,
     /// The last failure and how many failures in a row led to it; cleared by any contact.
     last_failure: Option<(LockError, u64)>,

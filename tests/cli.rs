@@ -61,6 +61,15 @@ impl Cluster {
         command
     }
 
+    /// `leasehold ARGS` started in the background, its output discarded.
+    fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("leasehold starts")
+    }
+
     fn holder(&self, lease: &str) -> Option<String> {
         self.server
             .object(Kind::Lease, "default", lease)
@@ -113,12 +122,7 @@ fn run_stamping(cluster: &Cluster, identity: &str, file: &Path) -> Child {
     args.push("--".into());
     args.extend(stamper(file));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    cluster
-        .command(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("leasehold starts")
+    cluster.spawn(&args)
 }
 
 /// The stamps so far: (identity, nanoseconds).
@@ -450,12 +454,7 @@ fn the_sidecar_serves_leader_health_readiness_metrics_and_a_status_file() {
         &file,
     ];
     args.extend(FAST);
-    let mut serve = cluster
-        .command(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starts");
+    let mut serve = cluster.spawn(&args);
     wait_for("the sidecar leads", Duration::from_secs(10), || {
         TcpStream::connect(("127.0.0.1", port)).is_ok() && get(port, "/").1.contains("\"a\"")
     });
@@ -544,12 +543,7 @@ fn restart_runs_the_command_again_while_leading() {
     ];
     args.extend(FAST);
     args.extend(["--", "sh", "-c", &script]);
-    let mut run = cluster
-        .command(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starts");
+    let mut run = cluster.spawn(&args);
     wait_for("three runs", Duration::from_secs(10), || {
         std::fs::read_to_string(&file).is_ok_and(|s| s.lines().count() >= 3)
     });
@@ -577,12 +571,7 @@ fn a_command_that_ignores_sigterm_is_killed_at_the_deadline() {
     ];
     args.extend(FAST);
     args.extend(["--", "sh", "-c", &script]);
-    let mut run = cluster
-        .command(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starts");
+    let mut run = cluster.spawn(&args);
     wait_for("it runs", Duration::from_secs(10), || {
         stamping_after(&file, 0).is_some()
     });
@@ -663,12 +652,7 @@ fn a_stale_status_file_is_cleared_by_a_follower() {
         &file,
     ];
     args.extend(FAST);
-    let mut serve = cluster
-        .command(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starts");
+    let mut serve = cluster.spawn(&args);
     wait_for("the sidecar answers", Duration::from_secs(10), || {
         TcpStream::connect(("127.0.0.1", port)).is_ok() && get(port, "/").1.contains("other")
     });

@@ -181,46 +181,38 @@ async fn without_the_controller_nobody_leads() {
     b.shutdown().await;
 }
 
-#[tokio::test]
-async fn the_candidate_must_be_named_as_the_identity_a_valid_object_name() {
-    let server = ApiServer::start().await;
+/// Builds a coordinated elector named `identity` with a candidate named `candidate`.
+fn build(
+    server: &ApiServer,
+    identity: &str,
+    candidate: &str,
+) -> Result<LeaderElector<LeaseLock>, leasehold::tokio::BuildError> {
     let registration = LeaseCandidateRegistration::new(
         server.client(),
         NS,
-        &id("Host_1"),
+        &id(candidate),
         "ctl",
         CandidateVersions::new("1.36.0"),
     );
-    let built = LeaderElector::builder(
-        candidate_config("Host_1"),
+    LeaderElector::builder(
+        candidate_config(identity),
         LeaseLock::new(server.client(), NS, "ctl"),
     )
     .lease_candidate(registration)
     .on_started_leading(|_| async {})
     .on_stopped_leading(|| {})
-    .build();
-    assert!(built.is_err(), "not an object name");
+    .build()
 }
 
 #[tokio::test]
-async fn the_candidate_must_be_named_as_the_identity() {
+async fn the_candidate_must_be_named_as_the_identity_a_valid_object_name() {
     let server = ApiServer::start().await;
-    let registration = LeaseCandidateRegistration::new(
-        server.client(),
-        NS,
-        &id("other"),
-        "ctl",
-        CandidateVersions::new("1.36.0"),
+    assert!(build(&server, "a", "other").is_err(), "another name");
+    assert!(
+        build(&server, "Host_1", "Host_1").is_err(),
+        "not an object name"
     );
-    let built = LeaderElector::builder(
-        candidate_config("a"),
-        LeaseLock::new(server.client(), NS, "ctl"),
-    )
-    .lease_candidate(registration)
-    .on_started_leading(|_| async {})
-    .on_stopped_leading(|| {})
-    .build();
-    assert!(built.is_err());
+    assert!(build(&server, "host-1.example", "host-1.example").is_ok());
 }
 
 /// The blocking driver runs the registration too.

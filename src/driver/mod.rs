@@ -333,7 +333,7 @@ impl<L, W> Builder<L, W> {
         }
         #[cfg(feature = "kube")]
         if let Some(c) = &self.candidate
-            && (c.identity() != self.config.identity.as_str() || !is_object_name(c.identity()))
+            && (c.identity() != self.config.identity.as_str() || !c.has_valid_name())
         {
             return Err(BuildError::CandidateIdentity {
                 candidate: c.identity().to_string(),
@@ -451,17 +451,6 @@ impl Core {
     }
 }
 
-/// Whether `name` is a Kubernetes object name (an RFC 1123 subdomain).
-#[cfg(feature = "kube")]
-fn is_object_name(name: &str) -> bool {
-    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
-    !name.is_empty()
-        && name.len() <= 253
-        && name.chars().all(|c| alnum(c) || c == '-' || c == '.')
-        && name.starts_with(alnum)
-        && name.ends_with(alnum)
-}
-
 /// The message of a caught panic.
 pub(crate) fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
     panic
@@ -488,8 +477,7 @@ impl ErrorLog {
     pub(crate) fn note(&mut self, lock: &str, request: &LockRequest, error: &LockError) {
         let create = matches!(request, LockRequest::Create(_));
         let level = match error.kind {
-            LockErrorKind::NotFound if create => tracing::Level::ERROR,
-            kind if kind.is_lost_race() => tracing::Level::DEBUG,
+            kind if kind.is_lost_race_on(create) => tracing::Level::DEBUG,
             LockErrorKind::Timeout | LockErrorKind::Unavailable => tracing::Level::WARN,
             _ => tracing::Level::ERROR,
         };

@@ -229,12 +229,11 @@ struct InFlight {
 }
 
 impl InFlight {
-    /// Whether `error` means someone else changed the lock first. A create answered NotFound
-    /// is not one: the namespace (or the resource) is missing, a misconfiguration that no
-    /// retry at once can mend.
+    /// Whether `error` means someone else changed the lock first (see
+    /// [`LockErrorKind::is_lost_race_on`]).
     fn lost_race(&self, error: &LockError) -> bool {
         let create = self.write.as_ref().is_some_and(|w| w.expected.is_none());
-        error.kind.is_lost_race() && !(create && error.kind == LockErrorKind::NotFound)
+        error.kind.is_lost_race_on(create)
     }
 }
 

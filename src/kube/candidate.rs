@@ -89,6 +89,18 @@ impl LeaseCandidateRegistration {
         &self.name
     }
 
+    /// Whether the identity can name a LeaseCandidate: a Kubernetes object name (an RFC 1123
+    /// subdomain). Any other is refused by the API server on every attempt.
+    pub fn has_valid_name(&self) -> bool {
+        let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+        let name = self.name.as_str();
+        !name.is_empty()
+            && name.len() <= 253
+            && name.chars().all(|c| alnum(c) || c == '-' || c == '.')
+            && name.starts_with(alnum)
+            && name.ends_with(alnum)
+    }
+
     /// Keeps the registration until `stop` completes, then deletes it (within 5 s). Errors are
     /// logged and retried with a growing pause (1 s up to a minute): never a busy loop.
     pub async fn run(self, stop: impl Future<Output = ()>) {

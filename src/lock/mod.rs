@@ -106,6 +106,14 @@ impl LockErrorKind {
     pub fn is_lost_race(self) -> bool {
         matches!(self, Self::Conflict | Self::AlreadyExists | Self::NotFound)
     }
+
+    /// Whether the failure of a request (a create when `create`) means someone else changed
+    /// the lock first. A create answered NotFound is not one: the namespace (or the resource)
+    /// is missing, a misconfiguration that no retry at once can mend. The elector and the
+    /// drivers' logs both go by this rule.
+    pub fn is_lost_race_on(self, create: bool) -> bool {
+        self.is_lost_race() && !(create && self == Self::NotFound)
+    }
 }
 
 impl fmt::Display for LockErrorKind {

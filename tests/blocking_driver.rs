@@ -533,3 +533,54 @@ fn errors_are_visible_on_the_handle() {
     assert!(handle.check(Duration::from_millis(500)).is_err());
     handle.shutdown();
 }
+
+/// A lock whose calls hang and ignore their deadline (the default `execute_until`).
+struct Stuck {
+    calls: Arc<AtomicUsize>,
+}
+
+impl BlockingLock for Stuck {
+    fn get(&self) -> Result<Sighting, LockError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        sleep(Duration::from_secs(20));
+        Ok(None)
+    }
+    fn create(&self, _: LeaderElectionRecord) -> Result<Version, LockError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        sleep(Duration::from_secs(20));
+        Err(LockError::new(LockErrorKind::Timeout, "stuck"))
+    }
+    fn update(&self, _: Version, _: LeaderElectionRecord) -> Result<Version, LockError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        sleep(Duration::from_secs(20));
+        Err(LockError::new(LockErrorKind::Timeout, "stuck"))
+    }
+    fn describe(&self) -> String {
+        "stuck".into()
+    }
+}
+
+/// Calls into a lock that ignores its deadlines never pile up: after four hang, the driver
+/// stops calling it (and says so) until some return.
+#[test]
+fn calls_that_hang_past_their_deadline_are_capped() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let lock = Stuck {
+        calls: calls.clone(),
+    };
+    let handle = spawn(fast("a"), lock);
+    // Each operation times out after 1 s and the next follows: without the cap, six calls
+    // would hang after 6 s.
+    sleep(Duration::from_secs(6));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        4,
+        "at most four calls hang at once"
+    );
+    let report = handle.state().last_error.expect("visible");
+    assert!(
+        report.error.message.contains("have not returned"),
+        "{report:?}"
+    );
+    drop(handle);
+}

@@ -151,6 +151,15 @@
 //!   then believes it renewed while followers see nothing), and a no-op never extends a term.
 //! * A deleted lock is recreated only a lease duration after its absence was first seen, with
 //!   `leaderTransitions` continued (client-go recreates it at once, from 0).
+//! * A candidate renews only records it wrote itself. A record naming it that it did not write
+//!   (its previous incarnation's after a restart, an administrator's edit, a twin with the
+//!   same identity) is waited out like any other holder's and taken with a higher fencing
+//!   token: a restarted candidate leads again only a lease duration after it first read the
+//!   lock (client-go renews at once, while the previous process may still be at work). Two
+//!   candidates with one identity never lead together: the one that sees the other's renewals
+//!   raises [`Alert::IdentityClash`].
+//! * `leaderTransitions` is an `int32`: at its maximum the lock never changes hands (a token
+//!   would repeat); [`Alert::TransitionsExhausted`] says so.
 //! * After every term the elector waits for the leader work to stop before it contends again.
 //! * Release waits for the leader work to stop and writes only if the fresh read still names
 //!   this candidate (client-go can clobber a new leader).
@@ -190,7 +199,8 @@ pub use driver::tokio;
 #[cfg(any(feature = "tokio", feature = "blocking"))]
 pub use driver::{LeaderMetrics, LeaderState};
 pub use elector::{
-    Action, Elector, Event, FencingToken, Input, Now, OpId, Role, StopReason, WakeReason,
+    Action, Alert, Elector, Event, FencingToken, Input, Now, OpId, Role, StopReason, Unhealthy,
+    WakeReason,
 };
 pub use lock::{LockError, LockErrorKind, LockRequest, LockResponse, LockResult, MemoryLock};
 pub use record::{Identity, LeaderElectionRecord, RecordError, Version, Versioned};

@@ -12,7 +12,8 @@ use std::time::Duration;
 use common::*;
 use leasehold::{
     AfterLoss, Config, ConfigError, Event, FencingToken, Identity, Input, LeaderElectionRecord,
-    LockErrorKind, LockRequest, MemoryLock, Observation, StopReason, Timestamp, Version,
+    LockErrorKind, LockRequest, MemoryLock, Observation, StopReason, Timestamp, Unhealthy,
+    Version,
 };
 
 fn ts_at(t: leasehold::Instant) -> Option<Timestamp> {
@@ -187,16 +188,53 @@ fn dont_acquire_from_led_acked_object() {
 
 /// Case 8, "renew already acquired object": the lock already names baz (client-go: observed at
 /// `future`). client-go's fast path has no cached object, falls back to get + update, succeeds,
-/// transitions stay 0. Here a fresh elector reads `{baz}` and renews it: same calls.
+/// transitions stay 0.
+///
+/// Difference: leasehold renews at once only a record this elector wrote itself. A fresh
+/// elector that finds the lock naming it (a restarted process, an administrator's edit, a
+/// second candidate with the same identity) treats it as another holder's: it waits for the
+/// lease to expire, then takes it with `leaderTransitions + 1`, so that the program of the
+/// previous holder has stopped and fencing tokens rise.
 #[test]
 fn renew_already_acquired_object() {
     let mut h = Harness::new(config());
     h.answer(found("4", record("baz", 10)));
+    assert!(h.pending.is_none(), "a record naming us that we did not write");
+    while h.pending.is_none() || h.request() == &LockRequest::Get {
+        if h.pending.is_some() {
+            h.answer(found("4", record("baz", 10)));
+        } else {
+            h.wake();
+        }
+    }
+    assert_eq!(h.now, secs(10), "taken once it expired");
     let record = assert_update(&h, "4");
-    assert_eq!(record.leader_transitions, 0, "renewing keeps transitions");
+    assert_eq!(record.leader_transitions, 1, "a new term: the token rises");
     h.answer(written("5"));
     assert!(h.is_leader());
-    assert_eq!(h.issued.len(), 2);
+
+    // A record it wrote itself (here: its lost term, in re-contend mode) is renewed at once,
+    // with the same transitions.
+    let mut h = Harness::new(Config {
+        after_loss: AfterLoss::Recontend,
+        ..config()
+    });
+    h.answer(absent());
+    h.answer(written("1"));
+    let ours = h.last_write();
+    h.advance_to(secs(5)); // the term ends unrenewed
+    assert!(!h.is_leader());
+    h.input(Input::LeaderWorkStopped(h.now()));
+    while h.pending.is_none() {
+        h.wake();
+    }
+    if h.request() == &LockRequest::Get {
+        h.answer(found("1", ours));
+    }
+    let record = assert_update(&h, "1");
+    assert_eq!(record.leader_transitions, 0, "renewing keeps transitions");
+    h.answer(written("2"));
+    assert!(h.is_leader());
 }
 
 // ---- TestTryCoordinatedRenew (reference 3.3) -----------------------------------------------
@@ -217,12 +255,22 @@ fn coordinated_dont_acquire_from_led_acked_object() {
     assert_eq!(h.elector.leader(), Some(&id("bing")));
 }
 
+/// The election controller hands the lock to this candidate: the candidate saw it held by
+/// another (or absent), then naming it.
+fn handed(h: &mut Harness, record: LeaderElectionRecord) {
+    h.answer(found("0", self::record("bing", 5)));
+    h.input(Input::Observed {
+        now: h.now(),
+        record: Some(versioned("1", record)),
+    });
+}
+
 #[test]
 fn coordinated_renew_already_acquired_object() {
     let mut h = Harness::new(coordinated());
     let mut ours = record("baz", 5);
     ours.strategy = "OldestEmulationVersion".into();
-    h.answer(found("1", ours));
+    handed(&mut h, ours);
     let record = assert_update(&h, "1");
     // leasehold: the API server named us without counting a transition; the first write of
     // our term counts it, so fencing tokens rise in coordinated mode too (client-go: 0).
@@ -255,13 +303,14 @@ fn coordinated_never_creates_or_takes_over() {
 #[test]
 fn coordinated_leader_yields_to_preferred_holder() {
     let mut h = Harness::new(coordinated());
-    h.answer(found("1", record("baz", 5)));
+    handed(&mut h, record("baz", 5));
+    let ours = h.last_write();
     h.answer(written("2"));
     h.wake(); // renew at 2 s
     assert!(matches!(h.request(), LockRequest::Update { .. }));
     h.answer(failed(LockErrorKind::Conflict));
     assert_eq!(h.request(), &LockRequest::Get, "slow path");
-    let mut preferred = record("baz", 5);
+    let mut preferred = ours;
     preferred.preferred_holder = Some(id("qux"));
     h.answer(found("3", preferred));
     assert!(!h.is_leader());
@@ -280,11 +329,12 @@ fn coordinated_leader_yields_and_releases_for_a_fast_handover() {
         after_loss: AfterLoss::Recontend,
         ..coordinated()
     });
-    h.answer(found("1", record("baz", 5)));
+    handed(&mut h, record("baz", 5));
+    let ours = h.last_write();
     h.answer(written("2"));
     h.wake();
     h.answer(failed(LockErrorKind::Conflict));
-    let mut preferred = record("baz", 5);
+    let mut preferred = ours;
     preferred.preferred_holder = Some(id("qux"));
     h.answer(found("3", preferred.clone()));
     assert!(h.take_events().contains(&Event::StoppedLeading {
@@ -347,8 +397,8 @@ fn release_acquired_lock() {
         &LockRequest::Get,
         "release reads first (KK#132849)"
     );
-    let mut held = record("baz", 10);
-    held.leader_transitions = 3;
+    // leasehold releases only its own record: the one it last wrote.
+    let held = h.last_write();
     h.answer(found("1", held));
     let release = assert_update(&h, "1");
     assert_eq!(
@@ -358,7 +408,7 @@ fn release_acquired_lock() {
             lease_duration_seconds: 1,
             acquire_time: ts_at(secs(2)),
             renew_time: ts_at(secs(2)),
-            leader_transitions: 3,
+            leader_transitions: 0,
             ..Default::default()
         }
     );
@@ -378,11 +428,12 @@ fn release_retries_on_conflict() {
     lead(&mut h);
     h.input(Input::Shutdown(h.now()));
     h.input(Input::LeaderWorkStopped(h.now()));
-    h.answer(found("1", record("baz", 10)));
+    let ours = h.last_write();
+    h.answer(found("1", ours.clone()));
     assert_update(&h, "1");
     h.answer(failed(LockErrorKind::Conflict));
     assert_eq!(h.request(), &LockRequest::Get, "re-read after a conflict");
-    h.answer(found("2", record("baz", 10)));
+    h.answer(found("2", ours));
     assert_update(&h, "2");
     h.answer(written("3"));
     assert!(h.take_events().contains(&Event::Released));
@@ -436,7 +487,8 @@ fn release_on_cancellation_of_update() {
     );
     h.answer(failed(LockErrorKind::Other)); // context canceled
     assert_eq!(h.request(), &LockRequest::Get);
-    h.answer(found("1", record("baz", 10)));
+    let renewal = h.last_write(); // it may have landed
+    h.answer(found("1", renewal));
     assert_update(&h, "1");
     h.answer(written("2"));
     assert!(h.take_events().contains(&Event::Released));
@@ -493,9 +545,23 @@ fn follower_releases_a_lock_it_holds_unknowingly() {
     h.advance_to(secs(5)); // the acquiring write times out: unknown outcome
     h.input(Input::Shutdown(h.now()));
     assert_eq!(h.request(), &LockRequest::Get);
-    h.answer(found("2", record("baz", 10)));
+    let landed = h.last_write();
+    h.answer(found("2", landed));
     assert_update(&h, "2");
     h.answer(written("3"));
+    assert!(h.done);
+}
+
+/// leasehold: a record naming this candidate that it did not write (a previous incarnation's)
+/// is not its to release.
+#[test]
+fn no_release_of_a_record_this_elector_did_not_write() {
+    let mut h = Harness::new(releasing());
+    h.answer(found("1", record("baz", 10)));
+    h.input(Input::Shutdown(h.now()));
+    assert_eq!(h.request(), &LockRequest::Get);
+    h.answer(found("1", record("baz", 10)));
+    assert!(h.pending.is_none(), "no write");
     assert!(h.done);
 }
 
@@ -697,10 +763,17 @@ fn seed_cases_on_annotation_records() {
     assert!(h.pending.is_none());
     assert_eq!(h.elector.leader(), Some(&id("bing")));
 
-    // renew already acquired object
+    // renew already acquired object: not written by this elector, so taken as another
+    // holder's once it expired (see renew_already_acquired_object)
     let mut h = Harness::new(config());
-    h.answer(found("1", annotation(r#"{"holderIdentity":"baz"}"#)));
-    assert_eq!(assert_update(&h, "1").leader_transitions, 0);
+    let baz = annotation(r#"{"holderIdentity":"baz"}"#);
+    h.answer(found("1", baz.clone()));
+    assert!(h.pending.is_none());
+    h.advance_to(secs(10));
+    if h.request() == &LockRequest::Get {
+        h.answer(found("1", baz));
+    }
+    assert_eq!(assert_update(&h, "1").leader_transitions, 1);
     h.answer(written("2"));
     assert!(h.is_leader());
 }
@@ -719,22 +792,34 @@ fn healthz_check() {
     };
     let timeout = Duration::from_secs(20);
 
-    // before elector initialized: nothing observed yet. client-go: healthy. leasehold: healthy
-    // until the lock has failed to answer for longer than the lease plus the tolerance; then
-    // the check fails (a candidate that cannot even read the lock is not healthy).
+    // before elector initialized: nothing observed yet. client-go: healthy, and so is
+    // leasehold's liveness check, however long the lock stays silent (restarting a whole fleet
+    // during a control-plane outage helps nobody); the readiness check fails once the lock has
+    // not answered for longer than the lease plus the tolerance.
     let h = Harness::new(minute.clone());
     assert_eq!(h.elector.check(secs(80), timeout), Ok(()));
+    assert_eq!(h.elector.check(secs(3600), timeout), Ok(()));
+    assert_eq!(h.elector.check_ready(secs(80), timeout), Ok(()));
     assert_eq!(
-        h.elector.check(secs(3600), timeout),
+        h.elector
+            .check_ready(secs(3600), timeout)
+            .map_err(|e| e.to_string()),
         Err("no answer from the lock foo for 3600.0s".to_string())
     );
 
     // far expired: the record names us, last seen to change an hour ago (a wedged process)
     let mut h = Harness::new(minute.clone());
-    h.answer(found("1", record("baz", 60)));
+    h.answer(absent());
     h.answer(written("2"));
+    assert!(h.is_leader());
     assert_eq!(
         h.elector.check(secs(3600), timeout),
+        Err(Unhealthy::RenewalOverdue { lock: "foo".into() })
+    );
+    assert_eq!(
+        h.elector
+            .check(secs(3600), timeout)
+            .map_err(|e| e.to_string()),
         Err("failed election to renew leadership on lease foo".to_string())
     );
     // not expired
@@ -789,11 +874,12 @@ fn a_shutdown_after_a_coordinated_handover_finishes() {
         after_loss: AfterLoss::Recontend,
         ..coordinated()
     });
-    h.answer(found("1", record("baz", 5)));
+    handed(&mut h, record("baz", 5));
+    let ours = h.last_write();
     h.answer(written("2"));
     h.wake();
     h.answer(failed(LockErrorKind::Conflict));
-    let mut preferred = record("baz", 5);
+    let mut preferred = ours;
     preferred.preferred_holder = Some(id("qux"));
     h.answer(found("3", preferred.clone()));
     h.input(Input::LeaderWorkStopped(h.now()));
@@ -809,7 +895,8 @@ fn a_shutdown_after_a_coordinated_handover_finishes() {
     assert!(h.is_leader());
     h.input(Input::Shutdown(h.now()));
     h.input(Input::LeaderWorkStopped(h.now()));
-    h.answer(found("6", record("baz", 5)));
+    let ours = h.last_write();
+    h.answer(found("6", ours));
     h.answer(written("7"));
     assert!(h.done, "finished, not contending again");
 }
@@ -819,7 +906,7 @@ fn a_shutdown_after_a_coordinated_handover_finishes() {
 #[test]
 fn coordinated_takes_up_an_expired_lease_that_names_it() {
     let mut h = Harness::new(coordinated());
-    h.answer(found("1", record("baz", 5)));
+    handed(&mut h, record("baz", 5));
     // The first write fails for longer than the lease.
     h.answer(failed(LockErrorKind::Unavailable));
     while h.now < secs(8) {

@@ -427,7 +427,8 @@ fn a_leader_verifies_a_foreign_observation_with_a_read() {
         record: Some(versioned("0", record("qux", 10))),
     });
     assert_eq!(h.request(), &LockRequest::Get);
-    h.answer(found("1", record("baz", 10)));
+    let ours = h.last_write();
+    h.answer(found("1", ours));
     assert!(matches!(h.request(), LockRequest::Update { .. }));
     h.answer(written("2"));
     assert!(h.is_leader(), "a stale event costs one read, not the term");

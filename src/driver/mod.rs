@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::elector::{Elector, Event, FencingToken, Input, Now, Role};
+use crate::elector::{Alert, Elector, Event, FencingToken, Input, Now, Role, Unhealthy};
 use crate::lock::{LockError, LockErrorKind, LockRequest};
 use crate::record::Identity;
 use crate::time::{Instant, Timestamp};
@@ -104,6 +104,8 @@ pub struct LeaderState {
     /// The leader work panicked, with this message: the driver stepped down (releasing the
     /// lock if configured) and stopped, as client-go's process would have died.
     pub work_panicked: Option<String>,
+    /// A condition a person should look at ([`Alert`]), while it holds.
+    pub alert: Option<Alert>,
 }
 
 /// A lock error as [`LeaderState`] reports it.
@@ -172,6 +174,7 @@ impl Shared {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
+            alert: e.alert(now).cloned(),
         }
     }
 
@@ -181,9 +184,14 @@ impl Shared {
         self.elector().is_leader(now)
     }
 
-    pub(crate) fn check(&self, max_tolerable_expired: Duration) -> Result<(), String> {
+    pub(crate) fn check(&self, max_tolerable_expired: Duration) -> Result<(), Unhealthy> {
         let now = self.clock.now().instant;
         self.elector().check(now, max_tolerable_expired)
+    }
+
+    pub(crate) fn check_ready(&self, max_tolerable_expired: Duration) -> Result<(), Unhealthy> {
+        let now = self.clock.now().instant;
+        self.elector().check_ready(now, max_tolerable_expired)
     }
 }
 
@@ -384,6 +392,8 @@ pub(crate) enum Effect {
     Stopped,
     /// Call `on_new_leader`.
     NewLeader(Option<Identity>),
+    /// Log an alert (it is in the state too).
+    Alert(Alert),
 }
 
 /// The drivers' shared bookkeeping of callbacks and metrics.
@@ -439,6 +449,7 @@ impl Core {
             }
             Event::NewLeader(leader) => vec![Effect::NewLeader(leader.clone())],
             Event::Released => Vec::new(),
+            Event::Alert(alert) => vec![Effect::Alert(alert.clone())],
         }
     }
 

@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 pub use super::BuildError;
 use super::{Core, Effect, ErrorLog, LeaderState, NewLeaderFn, Shared, StoppedFn};
 use crate::config::{Config, Observation};
-use crate::elector::{Action, FencingToken, Input, OpId};
+use crate::elector::{Action, FencingToken, Input, OpId, Unhealthy};
 use crate::lock::{Lock, LockError, LockErrorKind, LockRequest, LockResult, Sighting};
 use crate::record::Identity;
 
@@ -169,13 +169,23 @@ impl Handle {
         self.shared.elector().leader().cloned()
     }
 
-    /// client-go's healthz check, made stricter (see [`crate::Elector::check`]): an error for a
-    /// wedged leader, and for a candidate the lock has not answered for a lease and more.
+    /// client-go's healthz check, for a liveness probe (see [`crate::Elector::check`]): an
+    /// error for a leader that cannot renew (or a stuck driver), and while an alert is in force.
     ///
     /// # Errors
-    /// A message naming the lock.
-    pub fn check(&self, max_tolerable_expired: Duration) -> Result<(), String> {
+    /// What is wrong, naming the lock.
+    pub fn check(&self, max_tolerable_expired: Duration) -> Result<(), Unhealthy> {
         self.shared.check(max_tolerable_expired)
+    }
+
+    /// The stricter check, for a readiness probe (see [`crate::Elector::check_ready`]): also an
+    /// error once the elector has finished, or when the lock has not answered for a lease and
+    /// more.
+    ///
+    /// # Errors
+    /// What is wrong, naming the lock.
+    pub fn check_ready(&self, max_tolerable_expired: Duration) -> Result<(), Unhealthy> {
+        self.shared.check_ready(max_tolerable_expired)
     }
 
     /// Steps down (the leader work is cancelled), waits for the leader work to stop, releases
@@ -465,6 +475,7 @@ impl<L: Lock> LeaderElector<L> {
                     f(leader.as_ref());
                 }
             }
+            Effect::Alert(alert) => tracing::error!(lock = %self.lock.describe(), %alert, "leader election"),
         }
     }
 }

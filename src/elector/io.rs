@@ -1,6 +1,7 @@
 //! What goes into an [`Elector`](super::Elector) and what comes out of it.
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::lock::{LockRequest, LockResult};
 use crate::record::{Identity, LeaderElectionRecord, Versioned};
@@ -136,6 +137,47 @@ pub enum Event {
     NewLeader(Option<Identity>),
     /// The lock was released: its record now names no holder.
     Released,
+    /// Something the elector cannot resolve by itself, for a person to see (see [`Alert`]).
+    /// Reported when it arises; [`Elector::alert`](super::Elector::alert) tells whether it
+    /// still holds.
+    Alert(Alert),
+}
+
+/// A condition the elector cannot resolve by itself and that a person should see. It is
+/// reported once with [`Event::Alert`] when it arises, kept by
+/// [`Elector::alert`](super::Elector::alert) while it holds, and fails
+/// [`Elector::check`](super::Elector::check).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Alert {
+    /// Someone else renews the lock under this candidate's identity: two candidates were given
+    /// the same identity (or the lock is being edited by hand). Seen as a read that shows a
+    /// renewal naming this candidate that it did not write, while the record the previous read
+    /// showed, also naming it, had not expired. A leader that sees it ends its term; a follower
+    /// does not take the lock while the other keeps renewing it. Give every candidate its own
+    /// identity.
+    IdentityClash(Identity),
+    /// The lock's `leaderTransitions` is at its largest value (2147483647, the API's `int32`
+    /// maximum) and the lock is free or expired: taking it would have to repeat a fencing
+    /// token, so the elector does not. Delete the lock object and restart the candidates
+    /// (tokens then start again from 0, which is safe only once the old leader's work is known
+    /// to have stopped).
+    TransitionsExhausted,
+}
+
+impl fmt::Display for Alert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Alert::IdentityClash(identity) => write!(
+                f,
+                "another candidate renews the lock under this candidate's identity {identity:?}: give every candidate its own identity"
+            ),
+            Alert::TransitionsExhausted => write!(
+                f,
+                "the lock's leaderTransitions is at its maximum (2147483647): it cannot change hands without repeating a fencing token; delete the lock object and restart the candidates"
+            ),
+        }
+    }
 }
 
 /// Why a term ended.
@@ -150,6 +192,8 @@ pub enum StopReason {
     LockDeleted,
     /// Coordinated election: the lock names a preferred holder, so this candidate yields.
     Yielded(Identity),
+    /// Someone else renewed the lock under this candidate's identity ([`Alert::IdentityClash`]).
+    IdentityClash,
     /// [`Input::Shutdown`].
     Shutdown,
 }
@@ -208,5 +252,37 @@ pub enum Role {
     /// Shutting down: waiting for the leader work to stop, or releasing.
     Stopping,
     /// Done.
+    Finished,
+}
+
+/// Why [`Elector::check`](super::Elector::check) or
+/// [`Elector::check_ready`](super::Elector::check_ready) failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Unhealthy {
+    /// client-go's healthz failure: the lock names this candidate as it last wrote it, and the
+    /// record has not changed for longer than the lease duration plus the tolerance: a leader
+    /// that cannot renew (or a driver that is stuck).
+    #[error("failed election to renew leadership on lease {lock}")]
+    RenewalOverdue {
+        /// The lock's name ([`Config::name`](crate::Config::name)).
+        lock: String,
+    },
+    /// The lock has not answered for longer than the lease duration plus the tolerance
+    /// (readiness only).
+    #[error("no answer from the lock {lock} for {:.1}s{}", silent.as_secs_f64(), last_error.as_ref().map_or_else(String::new, |(e, n)| format!(": {e} ({n} failures in a row)")))]
+    NoAnswer {
+        /// The lock's name.
+        lock: String,
+        /// How long since the lock last answered.
+        silent: Duration,
+        /// The last error and how many operations failed in a row.
+        last_error: Option<(crate::lock::LockError, u64)>,
+    },
+    /// An [`Alert`] is in force.
+    #[error("{0}")]
+    Alert(Alert),
+    /// The elector has finished (readiness only).
+    #[error("the election has finished")]
     Finished,
 }

@@ -32,6 +32,16 @@
 //!   the compare-and-swap fails if anything changed since. Attempts start every
 //!   `retry_period * (1 + jitter * u)` after the previous one started; a follower also wakes
 //!   exactly at expiry, and an observation that shows the lock free starts an attempt at once.
+//! * **Records naming this candidate.** Only a record this elector wrote (one of its latest
+//!   writes, up to the fields the election controller writes) is its own to renew or release.
+//!   A record naming it that it did not write (an earlier incarnation's, after a restart; an
+//!   administrator's edit; a second candidate given the same identity) is another holder's:
+//!   the elector waits for it to expire and takes it with `leaderTransitions + 1`, so a new
+//!   process never starts a term while its predecessor's work may still run, and fencing
+//!   tokens always rise. In coordinated election a record handed to it by the controller (seen
+//!   naming another holder, or absent, before) is taken up at once. A read that shows a
+//!   renewal under its identity that it did not write, replacing a record of its identity that
+//!   had not expired, raises [`Alert::IdentityClash`] and ends a term.
 //! * **Pace.** An operation is brought forward of its schedule at most once per
 //!   `retry_period` for each of two causes: a lost race (conflict, already exists, not found
 //!   on an update; one immediate retry; a create answered not found is a missing namespace,
@@ -63,7 +73,9 @@ mod io;
 pub(crate) mod rng;
 mod view;
 
-pub use io::{Action, Event, FencingToken, Input, Now, OpId, Role, StopReason, WakeReason};
+pub use io::{
+    Action, Alert, Event, FencingToken, Input, Now, OpId, Role, StopReason, Unhealthy, WakeReason,
+};
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -73,7 +85,7 @@ use crate::lock::{LockError, LockErrorKind, LockRequest, LockResponse, LockResul
 use crate::record::{Identity, LeaderElectionRecord, MAX_INT32, Version, Versioned};
 use crate::time::{Instant, Timestamp};
 use rng::Rng;
-use view::{Observed, View};
+use view::{Observed, Origin, View};
 
 /// The most lock operations an elector issues in any interval of one `retry_period` on its
 /// own clock, whatever the lock answers and whatever it observes: a scheduled attempt, an
@@ -81,6 +93,10 @@ use view::{Observed, View};
 /// the write of an attempt begun before the interval, and the read and write of a release.
 /// The simulator checks it in every run, the elector tests under persistent faults.
 pub const MAX_OPS_PER_RETRY_PERIOD: usize = 9;
+
+/// How many of its latest writes an elector remembers, to recognise its own records when it
+/// reads them back (a record naming it that is none of these was written by someone else).
+const OWN_WRITES: usize = 16;
 
 /// A lease-based leader elector with no I/O, no clock and no threads.
 ///
@@ -137,6 +153,15 @@ pub struct Elector {
     last_failure: Option<(LockError, u64)>,
     /// The holder last reported with [`Event::NewLeader`].
     reported_leader: Option<Identity>,
+    /// The records this elector wrote (issued) most recently, oldest first: a record naming
+    /// this candidate is its own only if it is one of these. INVARIANT: at most [`OWN_WRITES`].
+    own_writes: VecDeque<LeaderElectionRecord>,
+    /// The record the last read (or successful write) showed, and when one first showed it: a
+    /// renewal by someone else under our identity is judged against it. Reads only: a watch
+    /// event may lag behind a read, and a stale event must not look like a renewal.
+    last_read: Option<(LeaderElectionRecord, Instant)>,
+    /// The alert in force, and when it was last seen.
+    alert: Option<(Alert, Instant)>,
     next_op: u64,
     slow_path_renewals: u64,
     actions: VecDeque<Action>,
@@ -272,6 +297,9 @@ impl Elector {
             after_release: AfterLoss::Finish,
             hurried_at: [None; 2],
             reported_leader: None,
+            own_writes: VecDeque::with_capacity(OWN_WRITES),
+            last_read: None,
+            alert: None,
             next_op: 0,
             slow_path_renewals: 0,
             actions: VecDeque::new(),
@@ -398,45 +426,74 @@ impl Elector {
         self.last_failure.as_ref().map(|(e, n)| (e, *n))
     }
 
-    /// client-go's healthz `Check`, made stricter: an error when the last observed record names
-    /// this candidate and was last seen to change more than `lease_duration +
-    /// max_tolerable_expired` before `now` (a wedged leader, client-go's rule), and also when
-    /// the lock has not answered at all for that long (a candidate that cannot even read it,
-    /// which client-go reports healthy). Restarting such a process is the usual remedy.
+    /// The alert in force at `now`, if any: one seen within the last lease duration.
+    pub fn alert(&self, now: Instant) -> Option<&Alert> {
+        self.alert
+            .as_ref()
+            .filter(|(_, seen)| now < *seen + self.config.lease_duration)
+            .map(|(alert, _)| alert)
+    }
+
+    /// client-go's healthz `Check`, for a liveness probe: an error when the last observed
+    /// record names this candidate and has not changed for longer than `lease_duration +
+    /// max_tolerable_expired` (a leader that cannot renew, or a driver that is stuck), or when
+    /// an [`Alert`] is in force. A candidate cut off from the lock is *not* unhealthy here:
+    /// restarting a whole fleet during a control-plane outage helps nobody (see
+    /// [`Elector::check_ready`]). client-go's usual tolerance is 20 s.
     ///
     /// # Errors
-    /// A message naming the lock and, for a lock that does not answer, the last error.
-    pub fn check(&self, now: Instant, max_tolerable_expired: Duration) -> Result<(), String> {
+    /// [`Unhealthy::RenewalOverdue`] or [`Unhealthy::Alert`].
+    pub fn check(&self, now: Instant, max_tolerable_expired: Duration) -> Result<(), Unhealthy> {
         if matches!(self.phase, Phase::Finished) {
             return Ok(());
+        }
+        if let Some(alert) = self.alert(now) {
+            return Err(Unhealthy::Alert(alert.clone()));
         }
         let limit = self
             .config
             .lease_duration
             .saturating_add(max_tolerable_expired);
-        let wedged = self.view.present().is_some_and(|o| {
+        let overdue = self.view.present().is_some_and(|o| {
             o.record.is_held_by(&self.config.identity)
                 && now.saturating_duration_since(o.observed_at) > limit
         });
-        if wedged {
-            return Err(format!(
-                "failed election to renew leadership on lease {}",
-                self.config.name
-            ));
+        if overdue {
+            return Err(Unhealthy::RenewalOverdue {
+                lock: self.config.name.clone(),
+            });
         }
+        Ok(())
+    }
+
+    /// The stricter check, for a readiness probe: [`Elector::check`], and also an error once
+    /// the elector has finished, or when the lock has not answered at all for longer than
+    /// `lease_duration + max_tolerable_expired` (a candidate that cannot even read it, which
+    /// client-go reports healthy).
+    ///
+    /// # Errors
+    /// What [`Elector::check`] reports, [`Unhealthy::Finished`], or [`Unhealthy::NoAnswer`]
+    /// with the last error.
+    pub fn check_ready(
+        &self,
+        now: Instant,
+        max_tolerable_expired: Duration,
+    ) -> Result<(), Unhealthy> {
+        if matches!(self.phase, Phase::Finished) {
+            return Err(Unhealthy::Finished);
+        }
+        self.check(now, max_tolerable_expired)?;
+        let limit = self
+            .config
+            .lease_duration
+            .saturating_add(max_tolerable_expired);
         let silent = now.saturating_duration_since(self.last_contact);
         if silent > limit {
-            let why = self
-                .last_failure
-                .as_ref()
-                .map_or_else(String::new, |(e, n)| {
-                    format!(": {e} ({n} failures in a row)")
-                });
-            return Err(format!(
-                "no answer from the lock {} for {:.1}s{why}",
-                self.config.name,
-                silent.as_secs_f64()
-            ));
+            return Err(Unhealthy::NoAnswer {
+                lock: self.config.name.clone(),
+                silent,
+                last_error: self.last_failure.clone(),
+            });
         }
         Ok(())
     }
@@ -498,19 +555,32 @@ impl Elector {
 
     /// A read succeeded.
     fn handle_read(&mut self, seen: Option<Versioned<LeaderElectionRecord>>) {
+        let clash = seen.as_ref().is_some_and(|s| self.is_clash(&s.value));
+        self.last_read = match (&seen, self.last_read.take()) {
+            (Some(s), Some((before, since))) if before == s.value => Some((before, since)),
+            (Some(s), _) => Some((s.value.clone(), self.now)),
+            (None, _) => None,
+        };
         self.observe(seen.clone());
         let now = self.now;
+        if clash {
+            self.raise(Alert::IdentityClash(self.config.identity.clone()));
+        }
         match (&self.phase, seen) {
             // Part of an attempt: write now if the lock is free, else wait.
             (Phase::Following(_), _) => {
                 if self.work == Work::Idle && self.may_acquire(now) {
                     self.acquire();
+                } else if self.transitions_exhausted(now) {
+                    self.raise(Alert::TransitionsExhausted);
                 }
             }
             (Phase::Leading { .. }, None) => self.stop_leading(StopReason::LockDeleted),
             (Phase::Leading { .. }, Some(current)) => {
                 if !current.value.is_held_by(&self.config.identity) {
                     self.stop_leading(StopReason::LockTaken(current.value.holder));
+                } else if clash {
+                    self.stop_leading(StopReason::IdentityClash);
                 } else if let Some(preferred) = self.yield_to(&current.value) {
                     self.stop_leading(StopReason::Yielded(preferred));
                 } else {
@@ -522,8 +592,11 @@ impl Elector {
                     });
                 }
             }
+            // Only our own record: a record naming us that someone else wrote (an earlier
+            // incarnation, a candidate with the same identity) is not ours to release.
             (Phase::Releasing { .. }, Some(current))
-                if current.value.is_held_by(&self.config.identity) =>
+                if current.value.is_held_by(&self.config.identity)
+                    && self.wrote(&current.value) =>
             {
                 let record = self.release_record(&current.value);
                 self.issue(LockRequest::Update {
@@ -540,6 +613,8 @@ impl Elector {
 
     /// A write succeeded: the store now holds `lease`.
     fn handle_written(&mut self, f: &InFlight, lease: Versioned<LeaderElectionRecord>) {
+        // A successful write is as good as a read of what it wrote.
+        self.last_read = Some((lease.value.clone(), self.now));
         self.observe(Some(lease.clone()));
         let now = self.now;
         let leader_until = f.issued_at + self.config.renew_deadline;
@@ -856,9 +931,7 @@ impl Elector {
     /// When the lock held by another, or absent after it was seen, becomes free by time.
     fn expiry(&self) -> Option<Instant> {
         match &self.view {
-            View::Present(o)
-                if o.record.holder.is_some() && !o.record.is_held_by(&self.config.identity) =>
-            {
+            View::Present(o) if o.record.holder.is_some() && !self.ours(o) => {
                 Some(self.expires_at(o))
             }
             View::Absent(a) => a.held_until,
@@ -891,7 +964,11 @@ impl Elector {
         match &self.view {
             View::Present(o) => {
                 let expected = o.version.clone();
-                let record = self.acquire_record(Some(&o.record));
+                let record = if o.origin == Origin::Ours {
+                    self.renew_record(&o.record)
+                } else {
+                    self.takeover_record(&o.record)
+                };
                 self.issue(LockRequest::Update { expected, record });
             }
             View::Absent(_) => {
@@ -904,34 +981,128 @@ impl Elector {
 
     /// Whether a follower may write the lock as its own at `now`.
     fn may_acquire(&self, now: Instant) -> bool {
-        let me = &self.config.identity;
         match &self.view {
             View::Unread => false,
             // The API server picks the holder in coordinated mode: never create the lock.
             View::Absent(a) => {
                 !self.config.coordinated
                     && a.held_until.is_none_or(|until| now >= until)
-                    // leaderTransitions cannot grow: recreating would repeat a fencing token.
-                    && self.transitions_seen.is_none_or(|t| t < MAX_INT32)
+                    && self.next_transitions(0).is_some()
             }
             View::Present(o) => {
-                let ours = o.record.is_held_by(me);
+                let ours = self.ours(o);
                 let expired = now >= self.expires_at(o);
+                // A takeover raises leaderTransitions: at its maximum it would repeat a
+                // fencing token (see `Alert::TransitionsExhausted`).
+                let room = o.origin == Origin::Ours
+                    || self.next_transitions(o.record.leader_transitions).is_some();
                 if self.config.coordinated {
                     // We only write what names us (the compare-and-swap fails if the
                     // controller has named someone else since), and yield to a preferred
                     // holder until the lease has run out without it taking over. An expired
                     // lease that still names us is taken up: the controller does not name the
                     // same holder twice, so nobody else would.
-                    return ours && (expired || self.yield_to(&o.record).is_none());
+                    let named = o.record.is_held_by(&self.config.identity);
+                    let at_once = ours && self.yield_to(&o.record).is_none();
+                    return named && (at_once || expired) && room;
                 }
-                if !ours && o.record.leader_transitions >= MAX_INT32 {
-                    // leaderTransitions cannot grow: taking over would repeat a fencing token.
-                    return false;
-                }
-                ours || o.record.holder.is_none() || expired
+                ours || ((o.record.holder.is_none() || expired) && room)
             }
         }
+    }
+
+    /// Whether the lock is free (or expired) for this follower, but taking it would repeat a
+    /// fencing token: `leaderTransitions` is at its maximum.
+    fn transitions_exhausted(&self, now: Instant) -> bool {
+        let free = match &self.view {
+            View::Unread => false,
+            View::Absent(a) => {
+                !self.config.coordinated && a.held_until.is_none_or(|until| now >= until)
+            }
+            View::Present(o) => {
+                let named = o.record.is_held_by(&self.config.identity);
+                let expired = now >= self.expires_at(o);
+                !self.ours(o)
+                    && if self.config.coordinated {
+                        named && expired
+                    } else {
+                        o.record.holder.is_none() || expired
+                    }
+            }
+        };
+        free && !self.may_acquire(now)
+    }
+
+    /// Whether the observed record is this candidate's own to renew: one it wrote, or in
+    /// coordinated election one the controller handed it.
+    fn ours(&self, o: &Observed) -> bool {
+        o.record.is_held_by(&self.config.identity)
+            && match o.origin {
+                Origin::Ours => true,
+                Origin::Handed => self.config.coordinated,
+                Origin::Foreign => false,
+            }
+    }
+
+    /// Whether this elector wrote `record` (up to the fields the election controller writes).
+    fn wrote(&self, record: &LeaderElectionRecord) -> bool {
+        self.own_writes.iter().any(|w| same_term(w, record))
+    }
+
+    /// Who wrote `record`, judged against what this elector wrote and last saw.
+    fn origin_of(&self, record: &LeaderElectionRecord) -> Origin {
+        let me = &self.config.identity;
+        if !record.is_held_by(me) {
+            return Origin::Foreign;
+        }
+        if self.wrote(record) {
+            return Origin::Ours;
+        }
+        match &self.view {
+            // Only the election controller's fields changed (preferredHolder, strategy).
+            View::Present(o) if same_term(&o.record, record) => o.origin,
+            // The lock changed hands to us (or was created naming us) without our writing it.
+            View::Present(o) if !o.record.is_held_by(me) => Origin::Handed,
+            View::Absent(_) => Origin::Handed,
+            // The first sight, or a change from a record of our name to another: no telling.
+            View::Present(_) | View::Unread => Origin::Foreign,
+        }
+    }
+
+    /// Whether a read showing `record` shows someone else renewing under our identity: a
+    /// record naming us that we did not write, replacing one that also named us and had not
+    /// expired (the one our term rests on, for a leader).
+    fn is_clash(&self, record: &LeaderElectionRecord) -> bool {
+        let me = &self.config.identity;
+        if !record.is_held_by(me) || self.wrote(record) {
+            return false;
+        }
+        match &self.phase {
+            Phase::Leading { lease, .. } => !same_term(&lease.value, record),
+            _ => self.last_read.as_ref().is_some_and(|(before, since)| {
+                let lease = match before.lease_duration_seconds {
+                    0 => self.config.lease_duration,
+                    secs => Duration::from_secs(u64::from(secs)),
+                };
+                before.is_held_by(me) && !same_term(before, record) && self.now < *since + lease
+            }),
+        }
+    }
+
+    /// The `leaderTransitions` of a takeover of a record with `current`: one more than any
+    /// seen or written, so fencing tokens rise; `None` past the API's `int32`.
+    fn next_transitions(&self, current: u32) -> Option<u32> {
+        let next = self.transitions_seen.unwrap_or(0).max(current).checked_add(1)?;
+        (next <= MAX_INT32).then_some(next)
+    }
+
+    /// Raises `alert` (reporting it if it was not already in force) as seen now.
+    fn raise(&mut self, alert: Alert) {
+        let now = self.now;
+        if self.alert(now) != Some(&alert) {
+            self.emit(Event::Alert(alert.clone()));
+        }
+        self.alert = Some((alert, now));
     }
 
     /// When the observed lease expires for a follower.
@@ -1016,11 +1187,14 @@ impl Elector {
 
     /// Records what the lock looks like now and reports a change of holder.
     fn observe(&mut self, seen: Option<Versioned<LeaderElectionRecord>>) {
-        let view = std::mem::take(&mut self.view);
+        let origin = seen
+            .as_ref()
+            .map_or(Origin::Foreign, |s| self.origin_of(&s.value));
         if let Some(seen) = &seen {
             self.note_transitions(seen.value.leader_transitions);
         }
-        self.view = view.seen(seen, self.now, self.config.lease_duration);
+        let view = std::mem::take(&mut self.view);
+        self.view = view.seen(seen, origin, self.now, self.config.lease_duration);
         self.view_outdated = false;
         let holder = self.leader().cloned();
         if holder != self.reported_leader {
@@ -1057,34 +1231,21 @@ impl Elector {
         }
     }
 
-    /// The record a follower writes to take `current`.
-    fn acquire_record(&self, current: Option<&LeaderElectionRecord>) -> LeaderElectionRecord {
-        let me = self.config.identity.clone();
-        match current {
-            // Coordinated election: the API server named us, and does not count transitions;
-            // the first write of our term does, so that fencing tokens rise.
-            Some(current) if current.is_held_by(&me) && self.config.coordinated => {
-                let seen = self
-                    .transitions_seen
-                    .unwrap_or(0)
-                    .max(current.leader_transitions);
-                LeaderElectionRecord {
-                    leader_transitions: seen.saturating_add(1),
-                    acquire_time: Some(self.stamp()),
-                    ..self.renew_record(current)
-                }
-            }
-            Some(current) if current.is_held_by(&me) => self.renew_record(current),
-            Some(current) => LeaderElectionRecord {
-                holder: Some(me),
-                lease_duration_seconds: self.lease_seconds(),
-                acquire_time: Some(self.stamp()),
-                renew_time: Some(self.stamp()),
-                leader_transitions: current.leader_transitions.saturating_add(1),
-                strategy: current.strategy.clone(),
-                preferred_holder: current.preferred_holder.clone(),
-            },
-            None => self.create_record(),
+    /// The record a follower writes to take `current` from another holder, or from a holder
+    /// of our name that is not this incarnation (a restart, a twin, an administrator's edit, the
+    /// election controller's choice): a new term, so `leaderTransitions` rises (the caller
+    /// checked that it can), and `renewTime` does not go back.
+    fn takeover_record(&self, current: &LeaderElectionRecord) -> LeaderElectionRecord {
+        LeaderElectionRecord {
+            holder: Some(self.config.identity.clone()),
+            lease_duration_seconds: self.lease_seconds(),
+            acquire_time: Some(self.stamp()),
+            renew_time: Some(self.renew_time_after(current.renew_time)),
+            leader_transitions: self
+                .next_transitions(current.leader_transitions)
+                .unwrap_or(MAX_INT32),
+            strategy: current.strategy.clone(),
+            preferred_holder: current.preferred_holder.clone(),
         }
     }
 
@@ -1139,8 +1300,12 @@ impl Elector {
         let deadline = (now + self.config.operation_timeout()).min(bound);
         if let LockRequest::Create(r) | LockRequest::Update { record: r, .. } = &request {
             // A write whose answer is lost may still have landed: a recreation must not repeat
-            // its record (nor its fencing token).
+            // its record (nor its fencing token), and reading it back must show it as ours.
             self.note_transitions(r.leader_transitions);
+            if self.own_writes.len() == OWN_WRITES {
+                self.own_writes.pop_front();
+            }
+            self.own_writes.push_back(r.clone());
         }
         let write = match &request {
             LockRequest::Get => None,
@@ -1227,4 +1392,14 @@ impl Elector {
         };
         [op, phase].into_iter().flatten().min_by_key(|(at, _)| *at)
     }
+}
+
+/// Whether two records describe the same term and renewal: they differ at most in the fields
+/// the election controller writes (`preferredHolder`, `strategy`).
+fn same_term(a: &LeaderElectionRecord, b: &LeaderElectionRecord) -> bool {
+    a.holder == b.holder
+        && a.lease_duration_seconds == b.lease_duration_seconds
+        && a.acquire_time == b.acquire_time
+        && a.renew_time == b.renew_time
+        && a.leader_transitions == b.leader_transitions
 }

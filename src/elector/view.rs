@@ -29,6 +29,23 @@ pub(super) struct Observed {
     /// INVARIANT (for safety): every write of an elector changes the record, so a renewal
     /// always moves `observed_at`.
     pub(super) observed_at: Instant,
+    /// Who wrote the record, as far as this elector can tell (it matters only for a record that
+    /// names this candidate).
+    pub(super) origin: Origin,
+}
+
+/// Who wrote a record that names this candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// This elector, in this incarnation: it may renew it.
+    Ours,
+    /// Someone else, who moved the lock to this candidate from another holder (or none): in
+    /// coordinated election, the election controller's choice.
+    Handed,
+    /// Someone else, or no telling: an earlier incarnation of this candidate (a restart), a
+    /// candidate with the same identity, or a record that does not name this candidate. Such a
+    /// record is another holder's: it expires as any other does.
+    Foreign,
 }
 
 /// The lock was found absent.
@@ -42,10 +59,12 @@ pub(super) struct Absence {
 }
 
 impl View {
-    /// The view after seeing `seen` at `now`; `lease_duration` is this elector's own.
+    /// The view after seeing `seen` at `now`, written by `origin`; `lease_duration` is this
+    /// elector's own.
     pub(super) fn seen(
         self,
         seen: Option<Versioned<LeaderElectionRecord>>,
+        origin: Origin,
         now: Instant,
         lease_duration: Duration,
     ) -> View {
@@ -58,6 +77,7 @@ impl View {
                 version: seen.version,
                 record: seen.value,
                 observed_at: now,
+                origin,
             }),
             (None, View::Present(o)) => {
                 let lease = Duration::from_secs(u64::from(o.record.lease_duration_seconds))

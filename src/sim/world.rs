@@ -173,8 +173,8 @@ pub(crate) struct World {
     faults_on: bool,
     fault_end: T,
     spans: Vec<Span>,
-    /// The last term's identity, token and lock object (generation).
-    last_term: Option<(Identity, u64, usize)>,
+    /// The last term's identity and incarnation, token and lock object (generation).
+    last_term: Option<((Identity, u32), u64, usize)>,
     violations: Vec<Violation>,
     hash: u64,
     crash_at: Option<T>,
@@ -421,8 +421,8 @@ impl World {
             Ev::CrashLeader => {
                 if let Some(leader) = self.leader_now() {
                     self.crash_at = Some(self.now);
-                    // Stay down past the failover: a quick restart under the same identity
-                    // would simply renew its own lock, which measures restarts, not failover.
+                    // Stay down past the failover, which measures how the others take over
+                    // (a restart under the same identity waits for the lease as they do).
                     self.crash(leader, self.p.failover_bound() * 2);
                 }
             }
@@ -882,7 +882,7 @@ impl World {
                     ends_by,
                 });
                 self.terms += 1;
-                let identity = self.nodes[node].identity.clone();
+                let identity = (self.nodes[node].identity.clone(), self.nodes[node].inc);
                 // A term on an older object than the last term's (its answer came late) is not
                 // in that object's token sequence, and tokens restart with an object recreated
                 // by a creator that had not seen the deleted object's last record.
@@ -890,6 +890,8 @@ impl World {
                     && generation >= *prev_generation
                     && !self.recreated_between(*prev_generation, generation, |e| e.token)
                 {
+                    // Only the same incarnation may keep its token: a restarted candidate
+                    // takes its own lock over as another holder's.
                     let rose = if prev == &identity {
                         token.0 >= *prev_token
                     } else {
@@ -897,8 +899,8 @@ impl World {
                     };
                     if !rose {
                         self.violations.push(Violation::FencingTokenNotIncreasing {
-                            previous: (prev.to_string(), *prev_token),
-                            next: (identity.to_string(), token.0),
+                            previous: (prev.0.to_string(), *prev_token),
+                            next: (identity.0.to_string(), token.0),
                         });
                         self.log(node, "VIOLATION: fencing token did not rise");
                     }
@@ -933,6 +935,7 @@ impl World {
                 self.log(node, &format!("sees leader {who}"));
             }
             Event::Released => self.log(node, "released the lock"),
+            Event::Alert(alert) => self.log(node, &format!("ALERT: {alert}")),
         }
     }
 

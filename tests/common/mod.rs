@@ -237,6 +237,16 @@ impl Harness {
         }
     }
 
+    /// The record of the last write the elector issued (the test's stand-in for reading back
+    /// what the elector wrote).
+    pub fn last_write(&self) -> LeaderElectionRecord {
+        self.issued
+            .iter()
+            .rev()
+            .find_map(|i| writes_holder(&i.request).cloned())
+            .expect("the elector wrote")
+    }
+
     pub fn take_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.events)
     }

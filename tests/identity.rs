@@ -1,0 +1,247 @@
+//! Records that name this candidate but that it did not write: a restart under the same
+//! identity, an administrator's edit, two candidates given the same identity, and the election
+//! controller's choice in coordinated mode. Also the end of `leaderTransitions`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use leasehold::{
+    AfterLoss, Alert, Config, Event, FencingToken, Input, LockRequest, MemoryLock, StopReason,
+    Unhealthy,
+};
+
+const TOLERANCE: Duration = Duration::from_secs(20);
+
+fn recontend() -> Config {
+    Config {
+        after_loss: AfterLoss::Recontend,
+        ..config()
+    }
+}
+
+fn started(events: &[Event]) -> Option<FencingToken> {
+    events.iter().find_map(|e| match e {
+        Event::StartedLeading { token, .. } => Some(*token),
+        _ => None,
+    })
+}
+
+/// (a) A process restarted under the same identity (after a SIGKILL, say) finds the lock naming
+/// it. It waits for the lease to expire, as any follower would (the previous incarnation's
+/// work may still run), and takes it with `leaderTransitions + 1`.
+#[test]
+fn a_restarted_candidate_waits_for_its_old_lease_and_raises_the_token() {
+    let lock = MemoryLock::new();
+    let mut before = Harness::new(config());
+    before.run(&lock, secs(3));
+    assert!(before.is_leader());
+    assert_eq!(started(&before.take_events()), Some(FencingToken(0)));
+    // Killed at 3 s: its last renewal was issued at 2 s. Restarted at once.
+    let mut after = Harness::new(config());
+    after.run(&lock, secs(1));
+    assert!(!after.is_leader(), "no term on a record this process did not write");
+    assert!(after.issued.iter().all(|i| i.request == LockRequest::Get));
+    after.run(&lock, secs(30));
+    assert!(after.is_leader());
+    let events = after.take_events();
+    assert_eq!(started(&events), Some(FencingToken(1)), "the token rises");
+    // Its first write came one lease (10 s) after it first read the record, not before.
+    let first_write = after
+        .issued
+        .iter()
+        .find(|i| i.request != LockRequest::Get)
+        .expect("it wrote");
+    assert_eq!(first_write.at, secs(10));
+    assert_eq!(after.elector.alert(after.now), None, "a restart is no clash");
+}
+
+/// (b) An administrator's PUT names follower b while a leads: b does not start a term on it at
+/// once (a is still stopping), but waits for the lease and takes it with a higher token; a
+/// steps down as soon as it sees the lock taken.
+#[test]
+fn an_administrators_edit_naming_a_follower_does_not_make_it_lead_at_once() {
+    let lock = MemoryLock::new();
+    let mut a = Harness::new(Config {
+        identity: id("a"),
+        ..config()
+    });
+    a.run(&lock, secs(1));
+    assert!(a.is_leader());
+    let mut b = Harness::new(Config {
+        identity: id("baz"),
+        ..config()
+    });
+    b.run(&lock, secs(1));
+    assert!(!b.is_leader());
+    // The edit, at 1 s.
+    let current = lock.get().expect("present");
+    lock.update(&current.version, record("baz", 10))
+        .expect("the edit lands");
+    b.run(&lock, secs(5));
+    assert!(!b.is_leader(), "b waits: a record it did not write");
+    a.run(&lock, secs(5));
+    assert!(!a.is_leader(), "a sees the lock taken");
+    b.run(&lock, secs(30));
+    assert!(b.is_leader());
+    assert_eq!(started(&b.take_events()), Some(FencingToken(1)));
+}
+
+/// Two candidates with the same identity: the one that leads keeps leading, the other sees
+/// renewals under its name that it did not write, raises `IdentityClash`, fails its health
+/// check, and never takes the lock while the first renews it.
+#[test]
+fn two_candidates_with_one_identity_never_lead_together_and_the_clash_is_reported() {
+    let lock = MemoryLock::new();
+    let mut first = Harness::new(recontend());
+    first.run(&lock, secs(1));
+    assert!(first.is_leader());
+    let mut twin = Harness::with_seed(recontend(), 7);
+    let mut t = secs(1);
+    let mut alerted = false;
+    while t < secs(60) {
+        t = t + Duration::from_millis(500);
+        first.run(&lock, t);
+        twin.run(&lock, t);
+        assert!(first.is_leader(), "the first keeps its term");
+        assert!(!twin.is_leader(), "never two terms under one name");
+        alerted |= twin
+            .take_events()
+            .contains(&Event::Alert(Alert::IdentityClash(id("baz"))));
+    }
+    assert!(alerted, "the clash was reported");
+    assert_eq!(
+        twin.elector.alert(twin.now),
+        Some(&Alert::IdentityClash(id("baz")))
+    );
+    assert!(matches!(
+        twin.elector.check(twin.now, TOLERANCE),
+        Err(Unhealthy::Alert(Alert::IdentityClash(_)))
+    ));
+    assert!(twin.issued.iter().all(|i| i.request == LockRequest::Get));
+    assert_eq!(first.elector.alert(first.now), None);
+}
+
+/// A leader whose renewal conflicts and whose read shows a renewal under its own name that it
+/// did not write (a twin running older code, or an edit by hand) ends its term.
+#[test]
+fn a_leader_that_sees_a_renewal_it_did_not_write_under_its_name_ends_its_term() {
+    let mut h = Harness::new(config());
+    h.answer(absent());
+    h.answer(written("1"));
+    assert!(h.is_leader());
+    h.take_events();
+    h.wake(); // the renewal at 2 s
+    h.answer(failed(leasehold::LockErrorKind::Conflict));
+    assert_eq!(h.request(), &LockRequest::Get);
+    let mut other = h.last_write();
+    other.renew_time = other.renew_time.map(|t| t.saturating_add(Duration::from_secs(1)));
+    h.answer(found("2", other));
+    assert!(!h.is_leader());
+    let events = h.take_events();
+    assert!(events.contains(&Event::StoppedLeading {
+        reason: StopReason::IdentityClash
+    }));
+    assert!(events.contains(&Event::Alert(Alert::IdentityClash(id("baz")))));
+    assert!(h.pending.is_none(), "no write over it");
+    // Reported once, and in force for a lease duration from its last sight.
+    assert!(h.elector.alert(h.now + Duration::from_secs(9)).is_some());
+    assert!(h.elector.alert(h.now + Duration::from_secs(10)).is_none());
+}
+
+/// A stale watch event showing the leader's own earlier renewal is no clash.
+#[test]
+fn a_stale_event_of_its_own_earlier_renewal_is_no_clash() {
+    let lock = MemoryLock::new();
+    let mut h = Harness::new(config());
+    h.run(&lock, secs(1));
+    let early = lock.get().expect("present");
+    h.run(&lock, secs(9)); // several renewals
+    let now = h.now();
+    h.input(Input::Observed {
+        now,
+        record: Some(early),
+    });
+    h.run(&lock, secs(12));
+    assert!(h.is_leader());
+    assert_eq!(h.elector.alert(h.now), None);
+}
+
+/// Coordinated election: the controller hands the lock to a candidate (held by another, then
+/// naming it): taken up at once. A record naming it at first sight (a restart) is not.
+#[test]
+fn coordinated_takes_a_handed_lock_at_once_but_not_one_found_naming_it() {
+    let coordinated = Config {
+        coordinated: true,
+        ..config()
+    };
+    let mut h = Harness::new(coordinated.clone());
+    h.answer(found("1", record("bing", 5)));
+    h.input(Input::Observed {
+        now: h.now(),
+        record: Some(versioned("2", record("baz", 5))),
+    });
+    assert!(matches!(h.request(), LockRequest::Update { .. }), "at once");
+
+    let mut h = Harness::new(coordinated);
+    h.answer(found("2", record("baz", 5)));
+    assert!(h.pending.is_none(), "a restart waits for the lease");
+    while h.pending.is_none() || h.request() == &LockRequest::Get {
+        if h.pending.is_some() {
+            h.answer(found("2", record("baz", 5)));
+        } else {
+            h.wake();
+        }
+    }
+    assert_eq!(h.now, secs(5), "taken up once it expired");
+    let LockRequest::Update { record: r, .. } = h.request().clone() else {
+        panic!("an update");
+    };
+    assert_eq!(r.leader_transitions, 1, "a new term");
+}
+
+/// `leaderTransitions` is an `int32` in the API. At its maximum a free or expired lock cannot
+/// change hands without repeating a fencing token: the elector does not take it, raises
+/// `TransitionsExhausted` (logged by the drivers, failing the health check) and keeps polling
+/// at its usual pace. The holder itself may still renew.
+#[test]
+fn transitions_at_the_int32_limit_raise_an_alert_and_block_a_takeover() {
+    let mut h = Harness::new(config());
+    let mut full = record("bing", 10);
+    full.leader_transitions = leasehold::record::MAX_INT32;
+    while h.now < secs(60) {
+        if h.pending.is_some() {
+            assert_eq!(h.request(), &LockRequest::Get, "never a write");
+            h.answer(found("1", full.clone()));
+        } else {
+            h.wake();
+        }
+    }
+    let alerts = h
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::Alert(Alert::TransitionsExhausted)))
+        .count();
+    assert_eq!(alerts, 1, "reported once while it holds");
+    assert!(h.issued.len() <= 60 / 2 + 1, "polled at its pace");
+    assert!(matches!(
+        h.elector.check(h.now, TOLERANCE),
+        Err(Unhealthy::Alert(Alert::TransitionsExhausted))
+    ));
+
+    // A takeover that reaches the limit is fine, and the holder renews its record there.
+    let lock = MemoryLock::new();
+    let mut almost = record("bing", 10);
+    almost.leader_transitions = leasehold::record::MAX_INT32 - 1;
+    lock.create(almost).expect("absent");
+    let mut holder = Harness::new(config());
+    holder.run(&lock, secs(40));
+    assert!(holder.is_leader());
+    assert_eq!(
+        started(&holder.take_events()),
+        Some(FencingToken(u64::from(leasehold::record::MAX_INT32)))
+    );
+    assert!(holder.issued.len() > 10, "renewing");
+    assert_eq!(holder.elector.alert(holder.now), None);
+}

@@ -770,8 +770,9 @@ async fn shutdown_returns_at_the_end_of_the_term_when_the_work_ignores_it() {
     assert!(took <= Duration::from_millis(1600), "{took:?}");
 }
 
-/// Errors are on the handle: the last one and how many in a row, and the health check fails
-/// for a candidate that cannot read the lock (before: nothing anywhere).
+/// Errors are on the handle: the last one and how many in a row, and the readiness check fails
+/// for a candidate that cannot read the lock (its liveness check does not: a restart would not
+/// help).
 #[tokio::test(start_paused = true)]
 async fn errors_are_visible_on_the_handle() {
     let handle = LeaderElector::builder(fast("a"), Refusing)
@@ -785,7 +786,11 @@ async fn errors_are_visible_on_the_handle() {
     let report = state.last_error.expect("an error");
     assert_eq!(report.error.kind, leasehold::LockErrorKind::Unauthorized);
     assert!(report.in_a_row >= 10, "{}", report.in_a_row);
-    let check = handle.check(Duration::from_secs(2)).expect_err("unhealthy");
+    assert_eq!(handle.check(Duration::from_secs(2)), Ok(()), "alive");
+    let check = handle
+        .check_ready(Duration::from_secs(2))
+        .expect_err("not ready")
+        .to_string();
     assert!(check.contains("forbidden"), "{check}");
     handle.shutdown().await;
 }

@@ -12,8 +12,7 @@ use std::time::Duration;
 use common::*;
 use leasehold::{
     AfterLoss, Config, ConfigError, Event, FencingToken, Identity, Input, LeaderElectionRecord,
-    LockErrorKind, LockRequest, MemoryLock, Observation, StopReason, Timestamp, Unhealthy,
-    Version,
+    LockErrorKind, LockRequest, MemoryLock, Observation, StopReason, Timestamp, Unhealthy, Version,
 };
 
 fn ts_at(t: leasehold::Instant) -> Option<Timestamp> {
@@ -199,7 +198,10 @@ fn dont_acquire_from_led_acked_object() {
 fn renew_already_acquired_object() {
     let mut h = Harness::new(config());
     h.answer(found("4", record("baz", 10)));
-    assert!(h.pending.is_none(), "a record naming us that we did not write");
+    assert!(
+        h.pending.is_none(),
+        "a record naming us that we did not write"
+    );
     while h.pending.is_none() || h.request() == &LockRequest::Get {
         if h.pending.is_some() {
             h.answer(found("4", record("baz", 10)));

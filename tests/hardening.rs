@@ -432,7 +432,11 @@ fn a_follower_that_cannot_read_the_lock_fails_its_readiness_check_only() {
     let (error, times) = h.elector.last_error().expect("an error");
     assert_eq!(error.kind, LockErrorKind::Unauthorized);
     assert!(times >= 10, "{times}");
-    assert_eq!(h.elector.check(h.now, tolerance), Ok(()), "alive: a restart helps nobody");
+    assert_eq!(
+        h.elector.check(h.now, tolerance),
+        Ok(()),
+        "alive: a restart helps nobody"
+    );
     let report = h
         .elector
         .check_ready(h.now, tolerance)

@@ -41,7 +41,10 @@ fn a_restarted_candidate_waits_for_its_old_lease_and_raises_the_token() {
     // Killed at 3 s: its last renewal was issued at 2 s. Restarted at once.
     let mut after = Harness::new(config());
     after.run(&lock, secs(1));
-    assert!(!after.is_leader(), "no term on a record this process did not write");
+    assert!(
+        !after.is_leader(),
+        "no term on a record this process did not write"
+    );
     assert!(after.issued.iter().all(|i| i.request == LockRequest::Get));
     after.run(&lock, secs(30));
     assert!(after.is_leader());
@@ -54,7 +57,11 @@ fn a_restarted_candidate_waits_for_its_old_lease_and_raises_the_token() {
         .find(|i| i.request != LockRequest::Get)
         .expect("it wrote");
     assert_eq!(first_write.at, secs(10));
-    assert_eq!(after.elector.alert(after.now), None, "a restart is no clash");
+    assert_eq!(
+        after.elector.alert(after.now),
+        None,
+        "a restart is no clash"
+    );
 }
 
 /// (b) An administrator's PUT names follower b while a leads: b does not start a term on it at
@@ -136,7 +143,9 @@ fn a_leader_that_sees_a_renewal_it_did_not_write_under_its_name_ends_its_term() 
     h.answer(failed(leasehold::LockErrorKind::Conflict));
     assert_eq!(h.request(), &LockRequest::Get);
     let mut other = h.last_write();
-    other.renew_time = other.renew_time.map(|t| t.saturating_add(Duration::from_secs(1)));
+    other.renew_time = other
+        .renew_time
+        .map(|t| t.saturating_add(Duration::from_secs(1)));
     h.answer(found("2", other));
     assert!(!h.is_leader());
     let events = h.take_events();

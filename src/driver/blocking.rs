@@ -691,7 +691,9 @@ impl<L: BlockingLock> LeaderElector<L> {
                     f(leader.as_ref());
                 }
             }
-            Effect::Alert(alert) => tracing::error!(lock = %self.lock.describe(), %alert, "leader election"),
+            Effect::Alert(alert) => {
+                tracing::error!(lock = %self.lock.describe(), %alert, "leader election")
+            }
         }
     }
 }

@@ -475,7 +475,9 @@ impl<L: Lock> LeaderElector<L> {
                     f(leader.as_ref());
                 }
             }
-            Effect::Alert(alert) => tracing::error!(lock = %self.lock.describe(), %alert, "leader election"),
+            Effect::Alert(alert) => {
+                tracing::error!(lock = %self.lock.describe(), %alert, "leader election")
+            }
         }
     }
 }

@@ -1092,7 +1092,11 @@ impl Elector {
     /// The `leaderTransitions` of a takeover of a record with `current`: one more than any
     /// seen or written, so fencing tokens rise; `None` past the API's `int32`.
     fn next_transitions(&self, current: u32) -> Option<u32> {
-        let next = self.transitions_seen.unwrap_or(0).max(current).checked_add(1)?;
+        let next = self
+            .transitions_seen
+            .unwrap_or(0)
+            .max(current)
+            .checked_add(1)?;
         (next <= MAX_INT32).then_some(next)
     }
 

@@ -555,9 +555,33 @@ pub enum PreflightError {
     /// a quota).
     #[error("the API server refuses the lock object: {0}")]
     Refused(String),
-    /// The API server could not be asked.
+    /// The API server does not accept this client's credentials (401).
+    #[error("the API server does not accept this client's credentials: {0}")]
+    Unauthorized(String),
+    /// The API server could not be asked, or failed to answer (a 5xx, a timeout).
     #[error("the preflight check could not ask the API server: {0}")]
     Unreachable(String),
+}
+
+impl PreflightError {
+    /// Whether the API server could not be asked at all: worth waiting for, unlike a
+    /// misconfiguration.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, PreflightError::Unreachable(_))
+    }
+
+    /// The preflight error for a failed request: a refusal that will not heal, or an outage.
+    fn of_request(e: kube::Error) -> Self {
+        match e {
+            kube::Error::Api(status) if status.code == 401 => {
+                PreflightError::Unauthorized(status.message)
+            }
+            kube::Error::Api(status) if (400..500).contains(&status.code) && status.code != 429 => {
+                PreflightError::Refused(status.message)
+            }
+            e => PreflightError::Unreachable(e.to_string()),
+        }
+    }
 }
 
 impl<K: LockObject> ObjectLock<K> {
@@ -603,7 +627,7 @@ impl<K: LockObject> ObjectLock<K> {
             let answer = reviews
                 .create(&PostParams::default(), &review)
                 .await
-                .map_err(|e| PreflightError::Unreachable(e.to_string()))?;
+                .map_err(PreflightError::of_request)?;
             if !answer.status.is_some_and(|s| s.allowed) {
                 refused.push(verb.to_string());
             }
@@ -640,10 +664,7 @@ impl<K: LockObject> ObjectLock<K> {
                     namespace: self.namespace.clone(),
                 })
             }
-            Err(kube::Error::Api(status)) if (400..500).contains(&status.code) => {
-                Err(PreflightError::Refused(status.message.clone()))
-            }
-            Err(e) => Err(PreflightError::Unreachable(e.to_string())),
+            Err(e) => Err(PreflightError::of_request(e)),
         }
     }
 }

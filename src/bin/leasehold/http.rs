@@ -32,9 +32,10 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(crate) async fn serve(args: ServeArgs) -> Result<u8, Fatal> {
     // Flags first: a usage error must not wait for (or fail on) the cluster.
-    args.election.config("")?;
+    let precision = crate::time_precision(args.election.lock.lock);
+    args.election.config("", precision)?;
     let (client, namespace) = crate::client(&args.election.lock).await?;
-    let config = args.election.config(&namespace)?;
+    let config = args.election.config(&namespace, precision)?;
     let pod = if args.label_pod {
         let name = std::env::var("POD_NAME")
             .map_err(|_| Fatal::usage("--label-pod needs $POD_NAME (the downward API)"))?;
@@ -61,7 +62,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<u8, Fatal> {
     // follower: clear them before contending.
     side.mark(false).await;
     crate::with_lock!(args.election.lock, client, namespace, |lock| {
-        crate::preflight(&lock, args.election.watch).await?;
+        crate::preflight(&lock, &config).await?;
         elect(lock, config, listener, side).await
     })
 }
@@ -143,19 +144,19 @@ async fn elect<L: Lock>(
     let name = config.name.clone();
     let cleanup = side.clone();
     let mut signals = crate::StopSignals::catch()?;
-    let handle = crate::start(config, lock, move |leader| side.clone().lead(leader))?;
-    tokio::spawn(serve_on(listener, handle.clone(), name));
-    tokio::select! {
-        () = signals.recv() => {}
-        () = handle.finished() => {
-            return Err(Fatal::runtime("the election stopped (see the log above)"));
-        }
-    }
-    handle.stop();
-    handle.finished().await;
+    let election = crate::start(config, lock, move |leader| side.clone().lead(leader))?;
+    tokio::spawn(serve_on(listener, election.handle.clone(), name));
+    let trouble = tokio::select! {
+        _ = signals.recv() => None,
+        fatal = election.trouble() => Some(fatal),
+    };
+    let stopped = election.stop(&mut signals).await;
     // A work given up at the end of its term may not have cleaned up.
     cleanup.mark(false).await;
-    Ok(0)
+    match trouble {
+        Some(fatal) => Err(fatal),
+        None => stopped.map(|()| 0),
+    }
 }
 
 /// Serves the endpoints until the process ends: at most [`MAX_CONNECTIONS`] at once, each

@@ -9,8 +9,10 @@
 // The command is an application: it reads the environment, the clocks, and spawns processes.
 #![allow(clippy::disallowed_methods)]
 
-mod child;
+mod guard;
 mod http;
+mod procs;
+mod run;
 mod status;
 
 use std::ffi::OsString;
@@ -26,7 +28,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use leasehold::kube::{LockObject, ObjectLock};
 use leasehold::lock::Lock;
 use leasehold::tokio::{Handle, LeaderContext, LeaderElector};
-use leasehold::{AfterLoss, Config, Identity, Observation};
+use leasehold::{AfterLoss, Alert, Config, Identity, Observation};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// Leader election for any program, on a Kubernetes Lease (or a ConfigMap or Endpoints lock),
@@ -51,9 +53,15 @@ enum Command {
     Serve(ServeArgs),
     /// Show the lock: holder, transitions, acquired, renewed, lease duration.
     Status(StatusArgs),
-    /// Internal: runs COMMAND so that it dies with its parent (a parent-death signal).
+    /// Internal: the guard between `run` and its command (see guard.rs).
     #[command(name = "__guard", hide = true)]
     Guard {
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<OsString>,
+    },
+    /// Internal: becomes COMMAND, dying with the guard (a parent-death signal).
+    #[command(name = "__exec", hide = true)]
+    Exec {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<OsString>,
     },
@@ -190,15 +198,20 @@ impl Fatal {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Guard { command } = cli.command {
-        return child::guard(command);
+    match cli.command {
+        Command::Guard { command } => return guard::guard(command),
+        Command::Exec { command } => return guard::exec(command),
+        _ => {}
     }
+    // Logs go through a non-blocking writer (lines are dropped while stderr is not drained): a
+    // stalled log pipe must never block the thread that runs the election.
+    let (writer, _flush_at_exit) = tracing_appender::non_blocking(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // One thread: the command is spawned from it, and its parent-death signal follows the
@@ -215,12 +228,14 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async move {
         match cli.command {
-            Command::Run(args) => child::run(args).await,
+            Command::Run(args) => run::run(args).await,
             Command::Serve(args) => http::serve(args).await,
             Command::Status(args) => status::show(args).await,
-            Command::Guard { .. } => Ok(0),
+            Command::Guard { .. } | Command::Exec { .. } => Ok(0),
         }
     });
+    // Leave at once: a blocked DNS lookup or a stalled request must not hold up the exit.
+    runtime.shutdown_background();
     match outcome {
         Ok(code) => ExitCode::from(code),
         Err(fatal) => {
@@ -255,10 +270,12 @@ async fn client(args: &LockArgs) -> Result<(kube::Client, String), Fatal> {
 }
 
 impl ElectionArgs {
-    /// The elector's configuration, validated (a bad one is a usage error).
-    fn config(&self, namespace: &str) -> Result<Config, Fatal> {
-        let identity = match &self.identity {
-            Some(id) => id.clone(),
+    /// The elector's configuration, validated at the lock's time precision (a bad one is a
+    /// usage error).
+    fn config(&self, namespace: &str, time_precision: Duration) -> Result<Config, Fatal> {
+        // An empty $POD_NAME (a downward API typo) is no identity: fall back as if unset.
+        let identity = match self.identity.as_deref().filter(|id| !id.is_empty()) {
+            Some(id) => id.to_string(),
             None => hostname_random(),
         };
         let identity =
@@ -268,6 +285,7 @@ impl ElectionArgs {
         config.lease_duration = self.lease_duration;
         config.renew_deadline = self.renew_deadline;
         config.retry_period = self.retry_period;
+        config.time_precision = time_precision;
         config.release_on_cancel = !self.no_release;
         config.after_loss = AfterLoss::Recontend;
         config.observation = if self.watch {
@@ -282,28 +300,54 @@ impl ElectionArgs {
     }
 }
 
-/// client-go's default identity: the host name, an underscore, a random suffix.
+/// The finest time step the lock kind stores: the elector's timings are validated against it.
+fn time_precision(kind: LockKind) -> Duration {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::{ConfigMap, Endpoints};
+    match kind {
+        LockKind::Lease => Lease::TIME_PRECISION,
+        LockKind::Configmap => ConfigMap::TIME_PRECISION,
+        LockKind::Endpoints => Endpoints::TIME_PRECISION,
+    }
+}
+
+/// A default identity: the host name, a dash, a random suffix (a valid object name, as
+/// coordinated election needs, where client-go's underscore is not).
 fn hostname_random() -> String {
     let host = nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())
+        .map(|h| h.to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "leasehold".into());
-    let suffix = {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u32(std::process::id());
-        h.finish()
-    };
-    format!("{host}_{suffix:016x}")
+    format!("{host}-{:012x}", random_u64() & 0xffff_ffff_ffff)
+}
+
+/// A random number, different in every process and call.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// The election, as the command runs it: the handle, and what the command needs to say at the
+/// end.
+pub(crate) struct Election {
+    pub(crate) handle: Arc<Handle>,
+    identity: Identity,
+    release: bool,
 }
 
 /// Starts the elector with `work` as the leader work and the command's logging callbacks.
-fn start<L, F, Fut>(config: Config, lock: L, work: F) -> Result<Arc<Handle>, Fatal>
+fn start<L, F, Fut>(config: Config, lock: L, work: F) -> Result<Election, Fatal>
 where
     L: Lock,
     F: FnMut(LeaderContext) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let identity = config.identity.clone();
+    let release = config.release_on_cancel;
     let handle = LeaderElector::builder(config, lock)
         .on_started_leading(work)
         .on_stopped_leading(|| tracing::info!("stopped leading"))
@@ -314,13 +358,66 @@ where
         .build()
         .map_err(|e| Fatal::usage(e.to_string()))?
         .spawn();
-    Ok(Arc::new(handle))
+    Ok(Election {
+        handle: Arc::new(handle),
+        identity,
+        release,
+    })
 }
 
-/// SIGTERM and SIGINT, caught from the start of the election.
+impl Election {
+    /// Resolves when the election cannot go on: another candidate renews under this one's
+    /// identity, or the elector stopped by itself.
+    async fn trouble(&self) -> Fatal {
+        let mut state = self.handle.state();
+        let clash = async {
+            let seen = state
+                .wait_for(|s| matches!(s.alert, Some(Alert::IdentityClash(_))))
+                .await
+                .ok()
+                .and_then(|s| s.alert.clone());
+            match seen {
+                Some(alert) => alert.to_string(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            message = clash => Fatal::runtime(message),
+            () = self.handle.finished() => Fatal::runtime("the election stopped (see the log above)"),
+        }
+    }
+
+    /// Steps down (the leader work is told to stop), waits for the end and the release, and
+    /// says whether the release failed. A second stop signal ends the wait at once.
+    async fn stop(&self, signals: &mut StopSignals) -> Result<(), Fatal> {
+        self.handle.stop();
+        tokio::select! {
+            () = self.handle.finished() => {}
+            signal = signals.recv() => {
+                return Err(Fatal {
+                    code: 128u8.saturating_add(signal),
+                    message: "a second stop signal: exiting at once, without releasing the lock".into(),
+                });
+            }
+        }
+        let state = self.handle.state().borrow().clone();
+        if self.release && state.leader.as_ref() == Some(&self.identity) {
+            let why = state
+                .last_error
+                .map_or_else(String::new, |e| format!(": {}", e.error));
+            return Err(Fatal::runtime(format!(
+                "the lock still names this candidate: it was not released{why} (followers take it once its lease expires)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// SIGTERM, SIGINT and SIGHUP, caught from the start of the election.
 struct StopSignals {
     term: Signal,
     interrupt: Signal,
+    hangup: Signal,
 }
 
 impl StopSignals {
@@ -331,23 +428,33 @@ impl StopSignals {
         Ok(StopSignals {
             term: catch(SignalKind::terminate(), "SIGTERM")?,
             interrupt: catch(SignalKind::interrupt(), "SIGINT")?,
+            hangup: catch(SignalKind::hangup(), "SIGHUP")?,
         })
     }
 
-    /// One of them arrived.
-    async fn recv(&mut self) {
+    /// One of them arrived: its number.
+    async fn recv(&mut self) -> u8 {
         tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.interrupt.recv() => {}
+            _ = self.term.recv() => 15,
+            _ = self.interrupt.recv() => 2,
+            _ = self.hangup.recv() => 1,
         }
     }
 }
 
-/// Checks the namespace and the permissions, and says what to fix.
-async fn preflight<K: LockObject>(lock: &ObjectLock<K>, watching: bool) -> Result<(), Fatal> {
-    lock.preflight(watching)
-        .await
-        .map_err(|e| Fatal::runtime(e.to_string()))
+/// Checks the namespace and the permissions, and says what to fix. A server that does not
+/// answer is no reason to stop: the election waits for it (and says so in its log), so that a
+/// restarted candidate does not crash-loop through a control-plane outage.
+async fn preflight<K: LockObject>(lock: &ObjectLock<K>, config: &Config) -> Result<(), Fatal> {
+    let watching = config.observation == Observation::Watch;
+    match lock.preflight(watching).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_unreachable() => {
+            tracing::warn!(error = %e, "preflight: the API server does not answer; contending anyway");
+            Ok(())
+        }
+        Err(e) => Err(Fatal::runtime(e.to_string())),
+    }
 }
 
 /// Runs `f` with the lock the flags name (the three kinds are different types).

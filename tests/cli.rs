@@ -660,3 +660,518 @@ fn a_stale_status_file_is_cleared_by_a_follower() {
     signal(&serve, "TERM");
     let _ = serve.wait();
 }
+
+// ---- the command's promise under attack (a program never runs twice) -----------------------
+
+/// A command that stamps "IDENTITY NANOS TOKEN GUARD" into `file` every 20 ms, where GUARD is
+/// its parent (the guard of the leasehold that runs it), and appends a line to `starts` when it
+/// starts.
+fn stamper_counting(file: &Path, starts: &Path) -> Vec<String> {
+    vec![
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "echo start >> {}; while true; do echo \"$LEASEHOLD_IDENTITY $(date +%s%N) $LEASEHOLD_FENCING_TOKEN $PPID\" >> {}; sleep 0.02; done",
+            starts.display(),
+            file.display()
+        ),
+    ]
+}
+
+/// `leasehold run` with the fast timings, a 500 ms grace, watching, and `command`.
+fn run_args(identity: &str, lease: &str, command: Vec<String>) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "run",
+        "--lease",
+        lease,
+        "--identity",
+        identity,
+        "--grace",
+        "500ms",
+        "--watch",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    args.extend(FAST.iter().map(ToString::to_string));
+    args.push("--".into());
+    args.extend(command);
+    args
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// Every stamp as (identity, nanos, token, guard).
+fn full_stamps(file: &Path) -> Vec<(String, u128, u64, u32)> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut p = l.split_whitespace();
+            Some((
+                p.next()?.to_string(),
+                p.next()?.parse().ok()?,
+                p.next()?.parse().ok()?,
+                p.next()?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// No two guards' commands ever stamp at interleaved times: each guard's stamps form one
+/// block (a guard is one run of the command).
+fn assert_one_runner_at_a_time(file: &Path) {
+    let stamps = full_stamps(file);
+    let mut finished: Vec<u32> = Vec::new();
+    let mut current: Option<u32> = None;
+    for (_, _, _, guard) in &stamps {
+        if current != Some(*guard) {
+            assert!(
+                !finished.contains(guard),
+                "guard {guard} stamped again after another run had started: {stamps:?}"
+            );
+            if let Some(c) = current {
+                finished.push(c);
+            }
+            current = Some(*guard);
+        }
+    }
+}
+
+fn leader_stamping_after(file: &Path, after: u128) -> Option<(String, u64)> {
+    full_stamps(file)
+        .into_iter()
+        .rev()
+        .find(|s| s.1 > after)
+        .map(|s| (s.0, s.2))
+}
+
+#[test]
+fn a_paused_leasehold_cannot_keep_its_command_running() {
+    let cluster = Cluster::start("paused");
+    let (file, starts) = (cluster.dir.join("stamps"), cluster.dir.join("starts"));
+    let mut a = cluster.spawn(&strs(&run_args("a", "p", stamper_counting(&file, &starts))));
+    wait_for("a leads", Duration::from_secs(10), || {
+        leader_stamping_after(&file, 0).is_some()
+    });
+    let mut b = cluster.spawn(&strs(&run_args("b", "p", stamper_counting(&file, &starts))));
+    sleep(Duration::from_millis(500));
+    // Ctrl-Z or `kill -STOP`: only leasehold stops (the command has a group of its own).
+    signal(&a, "STOP");
+    let paused = now_nanos();
+    wait_for("b takes over", Duration::from_secs(10), || {
+        leader_stamping_after(&file, paused).is_some_and(|(id, _)| id == "b")
+    });
+    // a's command stopped by the end of a's term: its last renewal preceded the pause.
+    let late: Vec<_> = full_stamps(&file)
+        .into_iter()
+        .filter(|s| s.0 == "a" && s.1 > paused + 1_600_000_000)
+        .collect();
+    assert!(late.is_empty(), "a's command outlived its term: {late:?}");
+    signal(&a, "CONT");
+    sleep(Duration::from_millis(500));
+    signal(&a, "TERM");
+    signal(&b, "TERM");
+    let _ = (a.wait(), b.wait());
+    assert_one_runner_at_a_time(&file);
+}
+
+#[test]
+fn a_blocked_log_pipe_does_not_keep_the_command_running() {
+    let cluster = Cluster::start("logpipe");
+    let file = cluster.dir.join("stamps");
+    // The command fills leasehold's stderr pipe (which nobody reads), then stamps.
+    let script = format!(
+        "head -c 1000000 /dev/zero >&2 & while true; do echo \"a $(date +%s%N) $LEASEHOLD_FENCING_TOKEN $PPID\" >> {}; sleep 0.02; done",
+        file.display()
+    );
+    let args = run_args("a", "logs", vec!["sh".into(), "-c".into(), script]);
+    let mut a = cluster
+        .command(&strs(&args))
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let _unread = a.stderr.take();
+    wait_for("a leads", Duration::from_secs(10), || {
+        leader_stamping_after(&file, 0).is_some()
+    });
+    sleep(Duration::from_millis(500));
+    let hung = now_nanos();
+    cluster.server.hang(true);
+    sleep(Duration::from_secs(3));
+    let late: Vec<_> = full_stamps(&file)
+        .into_iter()
+        .filter(|s| s.1 > hung + 1_600_000_000)
+        .collect();
+    assert!(late.is_empty(), "stamps after the term: {late:?}");
+    cluster.server.hang(false);
+    let _ = a.kill();
+    let _ = a.wait();
+}
+
+#[test]
+fn a_daemonizing_command_is_killed_with_everything_it_started() {
+    let cluster = Cluster::start("daemon");
+    let file = cluster.dir.join("stamps");
+    let daemon = format!(
+        "while true; do echo \"d $(date +%s%N)\" >> {}; sleep 0.02; done",
+        file.display()
+    );
+    // setsid (a new session and group), and a double fork that orphans the daemon.
+    for script in [
+        format!("setsid sh -c '{daemon}' >/dev/null 2>&1 </dev/null & sleep 0.3; exit 0"),
+        format!("(setsid sh -c '{daemon}' >/dev/null 2>&1 </dev/null &) ; sleep 0.3; exit 0"),
+    ] {
+        let _ = std::fs::remove_file(&file);
+        let args = run_args("a", "daemon", vec!["sh".into(), "-c".into(), script]);
+        let out = cluster.command(&strs(&args)).output().expect("runs");
+        let exited = now_nanos();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stamps(&file).len() > 3, "the daemon ran");
+        sleep(Duration::from_millis(300));
+        let late: Vec<_> = stamps(&file)
+            .into_iter()
+            .filter(|(_, t)| *t > exited)
+            .collect();
+        assert!(late.is_empty(), "the daemon outlived leasehold: {late:?}");
+    }
+}
+
+#[test]
+fn a_restarted_wrapper_waits_for_its_old_lease_and_its_token_rises() {
+    let cluster = Cluster::start("restarted");
+    let (file, starts) = (cluster.dir.join("stamps"), cluster.dir.join("starts"));
+    let args = run_args("a", "r", stamper_counting(&file, &starts));
+    let mut first = cluster.spawn(&strs(&args));
+    wait_for("a leads", Duration::from_secs(10), || {
+        leader_stamping_after(&file, 0).is_some()
+    });
+    let (_, token) = leader_stamping_after(&file, 0).expect("stamps");
+    signal(&first, "KILL");
+    let _ = first.wait();
+    let killed = now_nanos();
+    let mut second = cluster.spawn(&strs(&args));
+    wait_for("a leads again", Duration::from_secs(10), || {
+        leader_stamping_after(&file, killed).is_some()
+    });
+    let again = full_stamps(&file)
+        .into_iter()
+        .find(|s| s.1 > killed)
+        .expect("stamps");
+    assert!(
+        again.1 > killed + 1_900_000_000,
+        "it waited out the lease (2 s): {} ms",
+        (again.1 - killed) / 1_000_000
+    );
+    assert_eq!(again.2, token + 1, "the fencing token rose");
+    signal(&second, "TERM");
+    let _ = second.wait();
+    assert_one_runner_at_a_time(&file);
+}
+
+#[test]
+fn an_edit_naming_a_follower_does_not_start_it_at_once() {
+    let cluster = Cluster::start("edited");
+    let (file, starts) = (cluster.dir.join("stamps"), cluster.dir.join("starts"));
+    let mut a = cluster.spawn(&strs(&run_args("a", "e", stamper_counting(&file, &starts))));
+    wait_for("a leads", Duration::from_secs(10), || {
+        leader_stamping_after(&file, 0).is_some()
+    });
+    let mut b = cluster.spawn(&strs(&run_args("b", "e", stamper_counting(&file, &starts))));
+    sleep(Duration::from_millis(500));
+    let (_, token) = leader_stamping_after(&file, 0).expect("stamps");
+    let mut lease = cluster
+        .server
+        .object(Kind::Lease, "default", "e")
+        .expect("the lease");
+    lease["spec"]["holderIdentity"] = "b".into();
+    let edited = now_nanos();
+    cluster.server.put_raw(Kind::Lease, "default", "e", lease);
+    // a sees the lock taken and stops; nobody starts a term on the edited record before its
+    // lease has run out (b did not write it; a no longer holds it), and the next term's
+    // token is above a's.
+    wait_for("a new term", Duration::from_secs(10), || {
+        full_stamps(&file).iter().any(|s| s.2 > token)
+    });
+    let next = full_stamps(&file)
+        .into_iter()
+        .find(|s| s.2 > token)
+        .expect("a new term");
+    assert!(
+        next.1 > edited + 1_900_000_000,
+        "the edited lease was waited out: {} ms",
+        (next.1 - edited) / 1_000_000
+    );
+    assert_eq!(next.2, token + 1);
+    signal(&a, "TERM");
+    signal(&b, "TERM");
+    let _ = (a.wait(), b.wait());
+    assert_one_runner_at_a_time(&file);
+}
+
+#[test]
+fn two_wrappers_with_one_identity_never_both_run_and_one_says_why() {
+    let cluster = Cluster::start("twins");
+    let (file, starts) = (cluster.dir.join("stamps"), cluster.dir.join("starts"));
+    let args = run_args("x", "t", stamper_counting(&file, &starts));
+    let spawn = || {
+        cluster
+            .command(&strs(&args))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starts")
+    };
+    let mut one = spawn();
+    wait_for("one leads", Duration::from_secs(10), || {
+        leader_stamping_after(&file, 0).is_some()
+    });
+    let mut two = spawn();
+    let start = Instant::now();
+    let (mut quit, mut stayed) = loop {
+        if let Some(status) = two.try_wait().expect("waits") {
+            assert_eq!(status.code(), Some(1));
+            break (two, one);
+        }
+        if let Some(status) = one.try_wait().expect("waits") {
+            assert_eq!(status.code(), Some(1));
+            break (one, two);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "nobody noticed the clash"
+        );
+        sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    quit.stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut stderr)
+        .expect("reads");
+    assert!(
+        stderr.contains("under this candidate's identity"),
+        "{stderr}"
+    );
+    assert!(
+        stayed.try_wait().expect("waits").is_none(),
+        "the other runs on"
+    );
+    signal(&stayed, "TERM");
+    let _ = stayed.wait();
+    let _ = quit.wait();
+    assert_one_runner_at_a_time(&file);
+}
+
+#[test]
+fn no_command_starts_between_the_early_stop_and_a_renewal() {
+    let cluster = Cluster::start("storm");
+    let (file, starts) = (cluster.dir.join("stamps"), cluster.dir.join("starts"));
+    let mut a = cluster.spawn(&strs(&run_args("a", "s", stamper_counting(&file, &starts))));
+    wait_for("a leads", Duration::from_secs(10), || {
+        leader_stamping_after(&file, 0).is_some()
+    });
+    let count = || {
+        std::fs::read_to_string(&starts)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    assert_eq!(count(), 1);
+    // No renewal: the command is stopped a grace period before the term ends, and must not be
+    // started again until a renewal moves the end on.
+    cluster.server.hang(true);
+    sleep(Duration::from_secs(3));
+    assert_eq!(count(), 1, "started again without a renewal");
+    cluster.server.hang(false);
+    wait_for("leading again", Duration::from_secs(10), || count() == 2);
+    sleep(Duration::from_millis(500));
+    assert_eq!(count(), 2);
+    signal(&a, "TERM");
+    let _ = a.wait();
+}
+
+#[test]
+fn a_grace_period_that_would_stop_a_healthy_leader_is_a_usage_error() {
+    let run = |grace: &str| {
+        let mut args = vec!["run", "--lease", "x", "--grace", grace];
+        args.extend(FAST);
+        args.extend(["--", "true"]);
+        Command::new(BIN)
+            .args(&args)
+            .env("KUBECONFIG", "/nonexistent")
+            .env_remove("POD_NAME")
+            .output()
+            .expect("runs")
+    };
+    // RD - RP = 1.3 s.
+    let out = run("1300ms");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--renew-deadline minus --retry-period"),
+        "{stderr}"
+    );
+    let out = run("1200ms");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(2), "accepted: {stderr}");
+}
+
+#[test]
+fn the_command_gets_default_signal_dispositions_and_the_terminal() {
+    let cluster = Cluster::start("signals");
+    let status = cluster.dir.join("status");
+    let script = format!("cat /proc/self/status > {}", status.display());
+    let args = run_args("a", "sig", vec!["sh".into(), "-c".into(), script]);
+    let out = cluster.command(&strs(&args)).output().expect("runs");
+    assert_eq!(out.status.code(), Some(0));
+    let text = std::fs::read_to_string(&status).expect("written");
+    let mask = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .expect("in /proc/self/status")
+    };
+    assert_eq!(mask("SigBlk:"), 0, "no signal blocked");
+    assert_eq!(mask("SigIgn:") & (1 << 12), 0, "SIGPIPE not ignored");
+
+    // In the foreground of a terminal, a command that reads it gets the terminal (no SIGTTIN).
+    if Command::new("script").arg("--version").output().is_err() {
+        panic!("`script` (util-linux) is needed for the terminal test");
+    }
+    let got = cluster.dir.join("got");
+    let read = format!("read line; echo \"got:$line\" > {}", got.display());
+    let args = run_args("a", "tty", vec!["sh".into(), "-c".into(), read]);
+    let inner: Vec<String> = std::iter::once(BIN.to_string())
+        .chain(args.iter().map(|a| format!("'{a}'")))
+        .collect();
+    let mut script = Command::new("script")
+        .args(["-qec", &inner.join(" "), "/dev/null"])
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .env_remove("POD_NAME")
+        .env_remove("POD_NAMESPACE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script runs");
+    let mut stdin = script.stdin.take().expect("piped");
+    sleep(Duration::from_millis(1500));
+    writeln!(stdin, "hello").expect("typed");
+    wait_for(
+        "the command read the terminal",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(&got).is_ok_and(|s| s.trim() == "got:hello"),
+    );
+    drop(stdin);
+    let _ = script.wait();
+}
+
+/// As PID 1 of a PID namespace (a container's entrypoint), leasehold reaps orphans that are
+/// re-parented to it (processes that `kubectl exec` left behind), and the command's own
+/// orphans are reaped by its guard.
+#[test]
+fn as_pid_1_orphans_are_reaped() {
+    let uid = Command::new("id").arg("-u").output().expect("id runs");
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        eprintln!("skipped: a PID namespace needs root (unshare --pid)");
+        return;
+    }
+    let cluster = Cluster::start("pid1");
+    let script = "for i in $(seq 50); do (sleep 0.1 &); done; sleep 60";
+    let mut args: Vec<String> = vec![
+        "--pid".into(),
+        "--fork".into(),
+        "--mount-proc".into(),
+        BIN.into(),
+    ];
+    args.extend(run_args(
+        "a",
+        "pid1",
+        vec!["sh".into(), "-c".into(), script.into()],
+    ));
+    let mut ns = Command::new("unshare")
+        .args(&args)
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .env_remove("POD_NAME")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("unshare runs");
+    // leasehold is unshare's child, PID 1 inside.
+    let unshare = ns.id();
+    let mut pid1 = None;
+    wait_for("leasehold starts as PID 1", Duration::from_secs(5), || {
+        pid1 = children(unshare).into_iter().next();
+        pid1.is_some()
+    });
+    let pid1 = pid1.expect("found");
+    wait_for("it leads", Duration::from_secs(10), || {
+        cluster.holder("pid1").as_deref() == Some("a")
+    });
+    // Orphans re-parented to PID 1, as `kubectl exec` leaves them: nsenter's child forks a
+    // sleeper and exits, nsenter exits.
+    for _ in 0..50 {
+        let status = Command::new("nsenter")
+            .args([
+                "-t",
+                &pid1.to_string(),
+                "-p",
+                "--",
+                "sh",
+                "-c",
+                "sleep 0.1 &",
+            ])
+            .status()
+            .expect("nsenter runs");
+        assert!(status.success());
+    }
+    sleep(Duration::from_secs(3));
+    let zombies = zombies_below(pid1);
+    signal_pid(unshare, "TERM");
+    signal_pid(pid1, "TERM");
+    let _ = ns.wait();
+    assert_eq!(zombies, 0, "zombies left in the namespace");
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Zombies among the descendants of `root`.
+fn zombies_below(root: u32) -> usize {
+    let mut zombies = 0;
+    let mut todo = vec![root];
+    while let Some(pid) = todo.pop() {
+        for child in children(pid) {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next());
+            if state == Some("Z") {
+                zombies += 1;
+            }
+            todo.push(child);
+        }
+    }
+    zombies
+}
+
+fn signal_pid(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status();
+}

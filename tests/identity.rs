@@ -254,3 +254,35 @@ fn transitions_at_the_int32_limit_raise_an_alert_and_block_a_takeover() {
     assert!(holder.issued.len() > 10, "renewing");
     assert_eq!(holder.elector.alert(holder.now), None);
 }
+
+/// The same with a watching twin: it reads when it sees a record of its name change.
+#[test]
+fn a_watching_twin_reads_and_reports_the_clash() {
+    let lock = MemoryLock::new();
+    let mut first = Harness::new(recontend());
+    first.run(&lock, secs(1));
+    let mut twin = Harness::with_seed(
+        Config {
+            observation: leasehold::Observation::Watch,
+            ..recontend()
+        },
+        7,
+    );
+    let mut t = secs(1);
+    let mut alerted = false;
+    while t < secs(30) && !alerted {
+        t = t + Duration::from_millis(500);
+        first.run(&lock, t);
+        let now = twin.now();
+        twin.input(Input::Observed {
+            now,
+            record: lock.get(),
+        });
+        twin.run(&lock, t);
+        assert!(!twin.is_leader());
+        alerted |= twin
+            .take_events()
+            .contains(&Event::Alert(Alert::IdentityClash(id("baz"))));
+    }
+    assert!(alerted, "the clash was reported");
+}

@@ -739,6 +739,19 @@ impl Elector {
         if let Phase::Following(follow) = &mut self.phase {
             follow.news = true;
         }
+        // A record of our name that we did not write replacing another of our name: perhaps
+        // someone renewing under our identity. Only a read can tell (a watch may lag behind),
+        // and a watching follower would otherwise not read before the lease expired.
+        let me = &self.config.identity;
+        let suspect = matches!(self.phase, Phase::Following(_))
+            && seen.as_ref().is_some_and(|s| {
+                s.value.is_held_by(me)
+                    && !self.wrote(&s.value)
+                    && self
+                        .view
+                        .present()
+                        .is_some_and(|o| o.record.is_held_by(me) && !same_term(&o.record, &s.value))
+            });
         if seen.is_none() && self.view.present().is_some() {
             // A watch event saying "absent" may be stale, and an absence starts a lease-long
             // wait from the moment it is first seen: only a read dates it. Read soon.
@@ -784,6 +797,9 @@ impl Elector {
             }
         }
         self.observe(seen);
+        if suspect {
+            self.view_outdated = true;
+        }
     }
 
     fn handle_shutdown(&mut self) {

@@ -227,6 +227,9 @@ fn main() -> ExitCode {
         }
     };
     let outcome = runtime.block_on(async move {
+        if nix::unistd::getpid().as_raw() == 1 {
+            tokio::spawn(procs::reap_orphans());
+        }
         match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::Serve(args) => http::serve(args).await,

@@ -115,6 +115,45 @@ pub(crate) fn signal_descendants(root: Pid, signal: Signal) -> bool {
     !found.is_empty()
 }
 
+/// As PID 1 (a container's entrypoint), leasehold inherits every process orphaned in its PID
+/// namespace (the command's own orphans go to its guard, a subreaper; these are the others,
+/// such as what `kubectl exec` leaves behind). Reaps them for as long as it runs: a zombie that
+/// nobody has waited for within a second of being seen is waited for here. (The grace second
+/// leaves leasehold's own children, whose exit statuses other code waits for, alone.)
+pub(crate) async fn reap_orphans() {
+    use std::collections::HashMap;
+    use tokio::signal::unix::{SignalKind, signal};
+    let me = nix::unistd::getpid();
+    let mut exits = signal(SignalKind::child()).ok();
+    let mut first_seen: HashMap<Pid, tokio::time::Instant> = HashMap::new();
+    loop {
+        let tick = tokio::time::sleep(Duration::from_secs(1));
+        match &mut exits {
+            Some(exits) => {
+                tokio::select! {
+                    _ = exits.recv() => {}
+                    () = tick => {}
+                }
+            }
+            None => tick.await,
+        }
+        let now = tokio::time::Instant::now();
+        let zombies: Vec<Pid> = processes()
+            .into_iter()
+            .filter(|p| p.zombie && p.ppid == me)
+            .map(|p| p.pid)
+            .collect();
+        first_seen.retain(|pid, _| zombies.contains(pid));
+        for pid in zombies {
+            let since = *first_seen.entry(pid).or_insert(now);
+            if now.duration_since(since) >= Duration::from_secs(1) {
+                let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+                first_seen.remove(&pid);
+            }
+        }
+    }
+}
+
 /// Why a program cannot be run, as a shell says it, with the shell's exit status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NotRunnable {

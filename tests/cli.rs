@@ -1175,3 +1175,192 @@ fn signal_pid(pid: u32, signal: &str) {
         .args([format!("-{signal}"), pid.to_string()])
         .status();
 }
+
+// ---- the sidecar's endpoints and pod label ---------------------------------------------------
+
+fn serve_args<'a>(identity: &'a str, lease: &'a str, addr: &'a str) -> Vec<&'a str> {
+    let mut args = vec![
+        "serve",
+        "--lease",
+        lease,
+        "--identity",
+        identity,
+        "--http",
+        addr,
+        "--watch",
+        "--healthz-tolerance",
+        "1s",
+    ];
+    args.extend(FAST);
+    args
+}
+
+fn head(port: u16, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    write!(stream, "HEAD {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("sends");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("reads");
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (code, body)
+}
+
+/// /healthz is liveness with client-go's meaning: a follower cut off from the API server stays
+/// alive (a restart would not help); /readyz is the stricter readiness. HEAD is answered.
+#[test]
+fn healthz_is_liveness_and_readyz_is_stricter() {
+    let cluster = Cluster::start("probes");
+    let (pa, pb) = (free_port(), free_port());
+    let (aa, ab) = (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}"));
+    let mut a = cluster.spawn(&serve_args("a", "probes", &aa));
+    wait_for("a leads", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", pa)).is_ok() && get(pa, "/").1.contains("\"a\"")
+    });
+    let mut b = cluster.spawn(&serve_args("b", "probes", &ab));
+    wait_for("b follows", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", pb)).is_ok() && get(pb, "/").1.contains("\"a\"")
+    });
+    assert_eq!(head(pb, "/healthz"), (200, String::new()));
+    assert_eq!(get(pb, "/readyz").0, 200);
+    cluster.server.hang(true);
+    // Past the lease (2 s) and the tolerance (1 s) without an answer.
+    sleep(Duration::from_secs(4));
+    assert_eq!(get(pb, "/healthz").0, 200, "a follower cut off stays alive");
+    let (code, body) = get(pb, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("no answer from the lock"), "{body}");
+    // The leader could not renew: its record is older than the lease plus the tolerance.
+    let (code, body) = get(pa, "/healthz");
+    assert_eq!(code, 500, "{body}");
+    cluster.server.hang(false);
+    signal(&a, "KILL");
+    signal(&b, "KILL");
+    let _ = (a.wait(), b.wait());
+}
+
+/// A sidecar (re)started while the API server does not answer waits for it instead of exiting
+/// in its preflight (which would crash-loop every replica through an outage).
+#[test]
+fn a_sidecar_started_during_an_outage_waits_for_the_server() {
+    let cluster = Cluster::start("outage");
+    cluster.server.hang(true);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut serve = cluster.spawn(&serve_args("a", "outage", &addr));
+    sleep(Duration::from_secs(7));
+    assert!(serve.try_wait().expect("waits").is_none(), "still running");
+    assert_eq!(get(port, "/healthz").0, 200);
+    cluster.server.hang(false);
+    wait_for("it leads", Duration::from_secs(15), || {
+        get(port, "/").1.contains("\"a\"")
+    });
+    signal(&serve, "TERM");
+    assert!(serve.wait().expect("exits").success());
+}
+
+/// Idle connections cannot starve the probes: a new connection closes the oldest.
+#[test]
+fn idle_connections_do_not_starve_the_probes() {
+    let cluster = Cluster::start("idle");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut serve = cluster.spawn(&serve_args("a", "idle", &addr));
+    wait_for("it answers", Duration::from_secs(10), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok() && get(port, "/healthz").0 == 200
+    });
+    let idle: Vec<TcpStream> = (0..100)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).expect("connects"))
+        .collect();
+    // As a kubelet probes: a new connection each time, and 1 s to answer.
+    for _ in 0..20 {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .expect("timeout set");
+        write!(stream, "GET /healthz HTTP/1.0\r\n\r\n").expect("sends");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .expect("answered within 1 s");
+        assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+    }
+    drop(idle);
+    signal(&serve, "TERM");
+    let _ = serve.wait();
+}
+
+/// `--label-pod` keeps the label matching the state: a failed change is retried, and a leader
+/// removes the label from other pods of its lock that still carry it (but not from pods of
+/// other locks).
+#[test]
+fn the_pod_label_is_reconciled_and_a_leader_clears_stale_ones() {
+    let cluster = Cluster::start("labels");
+    let pod = |labels: serde_json::Value, lease: &str| {
+        serde_json::json!({"metadata": {
+            "labels": labels,
+            "annotations": {"leasehold.dev/lease": lease},
+        }})
+    };
+    cluster.server.put_raw(
+        Kind::Pod,
+        "default",
+        "side-0",
+        pod(serde_json::json!({"app": "side"}), "default/lbl"),
+    );
+    // A pod that led before a partition, and a pod of another election.
+    cluster.server.put_raw(
+        Kind::Pod,
+        "default",
+        "side-old",
+        pod(
+            serde_json::json!({"app": "side", "leasehold.dev/leader": "true"}),
+            "default/lbl",
+        ),
+    );
+    cluster.server.put_raw(
+        Kind::Pod,
+        "default",
+        "other-0",
+        pod(
+            serde_json::json!({"app": "other", "leasehold.dev/leader": "true"}),
+            "default/other",
+        ),
+    );
+    let leader_label = |name: &str| {
+        cluster
+            .server
+            .object(Kind::Pod, "default", name)
+            .map(|p| p["metadata"]["labels"]["leasehold.dev/leader"].clone())
+            .unwrap_or_default()
+    };
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut args = serve_args("side-0", "lbl", &addr);
+    args.push("--label-pod");
+    // The first pod patches fail.
+    cluster.server.fail_patches(3);
+    let mut serve = cluster
+        .command(&args)
+        .env("POD_NAME", "side-0")
+        .env("POD_NAMESPACE", "default")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    wait_for(
+        "the label, despite failed patches",
+        Duration::from_secs(10),
+        || leader_label("side-0") == "true",
+    );
+    wait_for("the stale label removed", Duration::from_secs(10), || {
+        leader_label("side-old").is_null()
+    });
+    assert_eq!(leader_label("other-0"), "true", "another election's pod");
+    signal(&serve, "TERM");
+    assert!(serve.wait().expect("exits").success());
+    assert!(leader_label("side-0").is_null(), "removed at exit");
+}

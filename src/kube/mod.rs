@@ -570,6 +570,10 @@ impl PreflightError {
         matches!(self, PreflightError::Unreachable(_))
     }
 
+    fn no_answer() -> Self {
+        PreflightError::Unreachable(format!("no answer within {}s", PREFLIGHT_TIMEOUT.as_secs()))
+    }
+
     /// The preflight error for a failed request: a refusal that will not heal, or an outage.
     fn of_request(e: kube::Error) -> Self {
         match e {
@@ -595,56 +599,20 @@ impl<K: LockObject> ObjectLock<K> {
     /// # Errors
     /// [`PreflightError`], with a Role to apply when permissions are missing.
     pub async fn preflight(&self, watching: bool) -> Result<(), PreflightError> {
-        use k8s_openapi::api::authorization::v1::{
-            ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
-        };
-        let client = self.api.clone().into_client();
-        let reviews: Api<SelfSubjectAccessReview> = Api::all(client);
-        let group = K::group(&()).into_owned();
-        let plural = K::plural(&()).into_owned();
-        let mut refused = Vec::new();
         let verbs: &[&str] = if watching {
             &["get", "list", "watch", "create", "update"]
         } else {
             &["get", "create", "update"]
         };
-        for verb in verbs {
-            let review = SelfSubjectAccessReview {
-                spec: SelfSubjectAccessReviewSpec {
-                    resource_attributes: Some(ResourceAttributes {
-                        namespace: Some(self.namespace.clone()),
-                        verb: Some((*verb).to_string()),
-                        group: Some(group.clone()),
-                        resource: Some(plural.clone()),
-                        // A create cannot be limited to a name; everything else can.
-                        name: (*verb != "create").then(|| self.name.clone()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
-            let answer = reviews
-                .create(&PostParams::default(), &review)
-                .await
-                .map_err(PreflightError::of_request)?;
-            if !answer.status.is_some_and(|s| s.allowed) {
-                refused.push(verb.to_string());
-            }
-        }
-        let resource = if group.is_empty() {
-            plural.clone()
-        } else {
-            format!("{plural}.{group}")
-        };
-        if !refused.is_empty() {
-            return Err(PreflightError::Forbidden {
-                namespace: self.namespace.clone(),
-                resource,
-                verbs: refused,
-                role: role_yaml(&self.namespace, &group, &plural),
-            });
-        }
+        check_access(
+            self.api.clone().into_client(),
+            &self.namespace,
+            &K::group(&()),
+            &K::plural(&()),
+            Some(&self.name),
+            verbs,
+        )
+        .await?;
         let mut probe = K::default();
         probe.meta_mut().name = Some(self.name.clone());
         probe.meta_mut().namespace = Some(self.namespace.clone());
@@ -656,23 +624,100 @@ impl<K: LockObject> ObjectLock<K> {
             dry_run: true,
             ..Default::default()
         };
-        match self.api.create(&dry_run, &probe).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 404 => {
+        match tokio::time::timeout(PREFLIGHT_TIMEOUT, self.api.create(&dry_run, &probe)).await {
+            Err(_) => Err(PreflightError::no_answer()),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(kube::Error::Api(status))) if status.code == 409 => Ok(()),
+            Ok(Err(kube::Error::Api(status))) if status.code == 404 => {
                 Err(PreflightError::NamespaceMissing {
                     namespace: self.namespace.clone(),
                 })
             }
-            Err(e) => Err(PreflightError::of_request(e)),
+            Ok(Err(e)) => Err(PreflightError::of_request(e)),
         }
     }
 }
 
-/// A Role granting what a lock of `group`/`plural` needs in `namespace`.
-fn role_yaml(namespace: &str, group: &str, plural: &str) -> String {
+/// Asks the API server whether this client may use each of `verbs` on `plural` (of API group
+/// `group`, `""` for the core group) in `namespace`, with SelfSubjectAccessReviews (which every
+/// authenticated user may make). A review names `name` for every verb but `create` (which
+/// cannot be limited to a name), so a Role limited by `resourceNames` passes.
+///
+/// # Errors
+/// [`PreflightError::Forbidden`] listing the refused verbs, with a Role that grants `verbs`;
+/// [`PreflightError::Unauthorized`] or [`PreflightError::Unreachable`] when the server cannot
+/// be asked.
+pub async fn check_access(
+    client: Client,
+    namespace: &str,
+    group: &str,
+    plural: &str,
+    name: Option<&str>,
+    verbs: &[&str],
+) -> Result<(), PreflightError> {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client);
+    let mut refused = Vec::new();
+    for verb in verbs {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(namespace.to_string()),
+                    verb: Some((*verb).to_string()),
+                    group: Some(group.to_string()),
+                    resource: Some(plural.to_string()),
+                    name: name.filter(|_| *verb != "create").map(str::to_string),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let answer = bounded(reviews.create(&PostParams::default(), &review)).await?;
+        if !answer.status.is_some_and(|s| s.allowed) {
+            refused.push((*verb).to_string());
+        }
+    }
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let resource = if group.is_empty() {
+        plural.to_string()
+    } else {
+        format!("{plural}.{group}")
+    };
+    Err(PreflightError::Forbidden {
+        namespace: namespace.to_string(),
+        resource,
+        verbs: refused,
+        role: role_yaml(namespace, group, plural, verbs),
+    })
+}
+
+/// How long one preflight request may take.
+const PREFLIGHT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A preflight request, bounded by [`PREFLIGHT_TIMEOUT`].
+async fn bounded<T>(
+    request: impl std::future::Future<Output = kube::Result<T>>,
+) -> Result<T, PreflightError> {
+    match tokio::time::timeout(PREFLIGHT_TIMEOUT, request).await {
+        Ok(answer) => answer.map_err(PreflightError::of_request),
+        Err(_) => Err(PreflightError::no_answer()),
+    }
+}
+
+/// A Role granting `verbs` on `group`/`plural` in `namespace`.
+fn role_yaml(namespace: &str, group: &str, plural: &str, verbs: &[&str]) -> String {
+    let verbs = verbs
+        .iter()
+        .map(|v| format!("\"{v}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
-        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: leader-election\n  namespace: {namespace}\nrules:\n  - apiGroups: [\"{group}\"]\n    resources: [\"{plural}\"]\n    verbs: [\"get\", \"list\", \"watch\", \"create\", \"update\"]\n"
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: leader-election\n  namespace: {namespace}\nrules:\n  - apiGroups: [\"{group}\"]\n    resources: [\"{plural}\"]\n    verbs: [{verbs}]\n"
     )
 }
 

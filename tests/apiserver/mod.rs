@@ -30,10 +30,11 @@
 //!
 //! # What it does not
 //!
-//! Authentication and authorization, label selectors, pagination (`limit`/`continue`), server-
-//! side apply, strategic-merge or JSON patches (PATCH is accepted only for events and echoes its
-//! body), bookmarks, watch timeouts and `410 Gone` (history is kept whole), admission, garbage
-//! collection, and any resource other than the four above.
+//! Authentication and authorization, label selectors other than equality on lists,
+//! pagination (`limit`/`continue`), server-side apply, strategic-merge or JSON patches (PATCH
+//! is a JSON merge patch on pods, and is accepted for events and echoes its body), bookmarks,
+//! watch timeouts and `410 Gone` (history is kept whole), admission, garbage collection, and
+//! any resource other than the ones above.
 #![allow(dead_code)]
 // The test server is a stand-in for a real API server: it reads the real clocks.
 #![allow(clippy::disallowed_methods)]
@@ -118,6 +119,8 @@ struct Faults {
     drop_next: u32,
     /// The next this many requests are never answered (until the server stops).
     black_hole_next: u32,
+    /// The next this many PATCH requests are answered 500.
+    fail_patches: u32,
 }
 
 #[derive(Default)]
@@ -319,6 +322,11 @@ impl ApiServer {
     /// Answers the next requests with these statuses, in order.
     pub fn fail_next(&self, statuses: &[u16]) {
         self.state().faults.fail_next.extend(statuses);
+    }
+
+    /// Answers the next `n` PATCH requests with 500.
+    pub fn fail_patches(&self, n: u32) {
+        self.state().faults.fail_patches += n;
     }
 
     /// Answers every `n`th request with `status` (`None` to stop).
@@ -751,10 +759,17 @@ async fn handle(
         if black_hole {
             f.black_hole_next -= 1;
         }
-        let status = f.fail_next.pop_front().or_else(|| {
-            f.fail_every
-                .and_then(|(n, code)| (n > 0 && served.is_multiple_of(n)).then_some(code))
-        });
+        let failed_patch = method == Method::PATCH && f.fail_patches > 0;
+        if failed_patch {
+            f.fail_patches -= 1;
+        }
+        let status = failed_patch
+            .then_some(500)
+            .or_else(|| f.fail_next.pop_front())
+            .or_else(|| {
+                f.fail_every
+                    .and_then(|(n, code)| (n > 0 && served.is_multiple_of(n)).then_some(code))
+            });
         (f.latency, status, f.hang, drop, black_hole)
     };
     if black_hole {
@@ -852,6 +867,17 @@ async fn handle(
                 .get("fieldSelector")
                 .and_then(|f| f.strip_prefix("metadata.name="))
                 .map(str::to_string);
+            // Equality-based label selectors only (`k=v,k2=v2`).
+            let labelled: Vec<(String, String)> = query
+                .get("labelSelector")
+                .map(|selector| {
+                    selector
+                        .split(',')
+                        .filter_map(|term| term.split_once('='))
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect()
+                })
+                .unwrap_or_default();
             if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
                 let from: u64 = query
                     .get("resourceVersion")
@@ -888,8 +914,13 @@ async fn handle(
                 let items: Vec<Value> = st
                     .objects
                     .iter()
-                    .filter(|((k, ns, n), _)| {
-                        *k == kind && *ns == namespace && only.as_ref().is_none_or(|o| o == n)
+                    .filter(|((k, ns, n), object)| {
+                        *k == kind
+                            && *ns == namespace
+                            && only.as_ref().is_none_or(|o| o == n)
+                            && labelled
+                                .iter()
+                                .all(|(l, v)| object["metadata"]["labels"][l] == v.as_str())
                     })
                     .map(|(_, v)| v.clone())
                     .collect();
@@ -995,27 +1026,17 @@ async fn handle(
             st.commit(key, "MODIFIED", object.clone());
             respond(StatusCode::OK, &object)
         }
-        // A JSON merge patch of a pod's labels (what `leasehold serve --label-pod` sends).
+        // A JSON merge patch (RFC 7386) of a pod (what `leasehold serve --label-pod` sends); one
+        // that changes nothing is a no-op, as on the real server.
         (Method::PATCH, Some(name)) if kind == Kind::Pod => {
             let key = (kind, namespace.clone(), name.clone());
-            let Some(mut object) = st.objects.get(&key).cloned() else {
+            let Some(before) = st.objects.get(&key).cloned() else {
                 return Ok(not_found(kind, &name));
             };
-            let labels = parsed
-                .as_ref()
-                .and_then(|p| p["metadata"]["labels"].as_object().cloned())
-                .unwrap_or_default();
-            if !object["metadata"]["labels"].is_object() {
-                object["metadata"]["labels"] = json!({});
-            }
-            for (k, v) in labels {
-                if let Some(current) = object["metadata"]["labels"].as_object_mut() {
-                    if v.is_null() {
-                        current.remove(&k);
-                    } else {
-                        current.insert(k, v);
-                    }
-                }
+            let mut object = before.clone();
+            merge_patch(&mut object, parsed.as_ref().unwrap_or(&Value::Null));
+            if object == before {
+                return Ok(respond(StatusCode::OK, &before));
             }
             st.resource_version += 1;
             let rv = st.resource_version;
@@ -1146,5 +1167,25 @@ async fn namespace_or_review(
             Ok(respond(StatusCode::CREATED, &review))
         }
         _ => Err(req),
+    }
+}
+
+/// RFC 7386: objects merge key by key, `null` removes, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    if let Value::Object(target) = target {
+        for (key, value) in patch {
+            if value.is_null() {
+                target.remove(key);
+            } else {
+                merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
     }
 }

@@ -9,24 +9,31 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, Patch, PatchParams};
+use leasehold::Config;
 use leasehold::lock::Lock;
 use leasehold::tokio::{Handle, LeaderContext};
-use leasehold::{Config, Role};
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::{Fatal, ServeArgs};
-
-/// How long past its lease a leader may go unrenewed before `/healthz` fails (client-go's
-/// usual `NewLeaderHealthzAdaptor(20 * time.Second)`).
-const HEALTHZ_TOLERANCE: Duration = Duration::from_secs(20);
 
 /// The label `--label-pod` puts on this pod while it leads.
 const LEADER_LABEL: &str = "leasehold.dev/leader";
 
-/// How long one change of the pod's label may take.
-const LABEL_TIMEOUT: Duration = Duration::from_secs(5);
+/// The annotation that names the lock of the election a labelled pod takes part in.
+const LEASE_ANNOTATION: &str = "leasehold.dev/lease";
 
-/// How many connections the endpoints serve at once, and how long one may stay open.
+/// How long one change of the pods' labels may take, and how often the labels are checked
+/// again when all is well.
+const LABEL_TIMEOUT: Duration = Duration::from_secs(5);
+const LABEL_RESYNC: Duration = Duration::from_secs(30);
+
+/// How many connections the endpoints keep at once (a new one closes the oldest), and how long
+/// one may stay open.
 const MAX_CONNECTIONS: usize = 64;
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -34,102 +41,194 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<u8, Fatal> {
     // Flags first: a usage error must not wait for (or fail on) the cluster.
     let precision = crate::time_precision(args.election.lock.lock);
     args.election.config("", precision)?;
+    let pod_name = match args.label_pod {
+        true => Some(
+            std::env::var("POD_NAME")
+                .ok()
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| Fatal::usage("--label-pod needs $POD_NAME (the downward API)"))?,
+        ),
+        false => None,
+    };
     let (client, namespace) = crate::client(&args.election.lock).await?;
     let config = args.election.config(&namespace, precision)?;
-    let pod = if args.label_pod {
-        let name = std::env::var("POD_NAME")
-            .map_err(|_| Fatal::usage("--label-pod needs $POD_NAME (the downward API)"))?;
-        let pod_namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| namespace.clone());
-        Some((
-            kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(
-                client.clone(),
-                &pod_namespace,
-            ),
-            name,
-        ))
-    } else {
-        None
+    let label = match pod_name {
+        Some(name) => {
+            let pod_namespace = std::env::var("POD_NAMESPACE")
+                .ok()
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| namespace.clone());
+            let label = PodLabel {
+                pods: kube::Api::namespaced(client.clone(), &pod_namespace),
+                namespace: pod_namespace,
+                name,
+                lease: config.name.clone(),
+            };
+            label.preflight(client.clone()).await?;
+            Some(label)
+        }
+        None => None,
     };
     let listener = TcpListener::bind(args.http)
         .await
         .map_err(|e| Fatal::runtime(format!("--http {}: {e}", args.http)))?;
-    let side = SideEffects {
-        status_file: args.status_file.clone(),
-        pod,
+    let status_file = StatusFile {
+        path: args.status_file.clone(),
         identity: config.identity.to_string(),
     };
-    // A status file or label left by a leasehold that died while leading would route to a
-    // follower: clear them before contending.
-    side.mark(false).await;
+    // A status file left by a leasehold that died while leading would route to a follower:
+    // clear it before contending (the label is reconciled from the start).
+    status_file.mark(false);
     crate::with_lock!(args.election.lock, client, namespace, |lock| {
         crate::preflight(&lock, &config).await?;
-        elect(lock, config, listener, side).await
+        let tolerance = args.election.healthz_tolerance;
+        elect(lock, config, listener, status_file, label, tolerance).await
     })
 }
 
-/// What a serving leader does besides answering HTTP.
+/// `--status-file`: holds this candidate's identity while it leads, absent otherwise.
 #[derive(Clone)]
-struct SideEffects {
-    status_file: Option<PathBuf>,
-    pod: Option<(kube::Api<k8s_openapi::api::core::v1::Pod>, String)>,
+struct StatusFile {
+    path: Option<PathBuf>,
     identity: String,
 }
 
-impl SideEffects {
-    async fn lead(self, leader: LeaderContext) {
-        // Marking must not outlive the term (a hung API server): it races the term's end.
-        tokio::select! {
-            () = self.mark(true) => {}
-            () = leader.cancel.cancelled() => {}
+impl StatusFile {
+    fn mark(&self, leading: bool) {
+        let Some(path) = &self.path else { return };
+        let written = if leading {
+            // Whole or not at all: written aside, then renamed into place.
+            let aside = path.with_extension("leasehold-tmp");
+            std::fs::write(&aside, format!("{}\n", self.identity))
+                .and_then(|()| std::fs::rename(&aside, path))
+        } else {
+            std::fs::remove_file(path).or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+        };
+        if let Err(e) = written {
+            tracing::error!(path = %path.display(), error = %e, "status file");
         }
-        leader.cancel.cancelled().await;
-        self.mark(false).await;
     }
+}
 
-    /// Shows (or stops showing) that this candidate leads: the status file at once, the pod
-    /// label within a bounded time (a removal is retried a few times).
-    async fn mark(&self, leading: bool) {
-        if let Some(path) = &self.status_file {
-            let written = if leading {
-                // Whole or not at all: written aside, then renamed into place.
-                let aside = path.with_extension("leasehold-tmp");
-                std::fs::write(&aside, format!("{}\n", self.identity))
-                    .and_then(|()| std::fs::rename(&aside, path))
-            } else {
-                std::fs::remove_file(path).or_else(|e| {
-                    if e.kind() == std::io::ErrorKind::NotFound {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                })
-            };
-            if let Err(e) = written {
-                tracing::error!(path = %path.display(), error = %e, "status file");
+/// `--label-pod`: this pod carries `leasehold.dev/leader=true` exactly while it leads, and its
+/// lock's name in the annotation `leasehold.dev/lease`; a leader removes the label from other
+/// pods of the same lock that still carry it (one that lost its term during a partition).
+struct PodLabel {
+    pods: kube::Api<Pod>,
+    namespace: String,
+    name: String,
+    /// The lock (`namespace/name`), which scopes the clean-up to this election's pods.
+    lease: String,
+}
+
+impl PodLabel {
+    /// What the reconciliation needs: get and patch this pod, list and patch the others.
+    async fn preflight(&self, client: kube::Client) -> Result<(), Fatal> {
+        let checks = [
+            (Some(self.name.as_str()), &["get", "patch"][..]),
+            (None, &["list", "patch"][..]),
+        ];
+        for (name, verbs) in checks {
+            match leasehold::kube::check_access(
+                client.clone(),
+                &self.namespace,
+                "",
+                "pods",
+                name,
+                verbs,
+            )
+            .await
+            {
+                Ok(()) => {}
+                Err(e) if e.is_unreachable() => {
+                    tracing::warn!(error = %e, "preflight of --label-pod: the API server does not answer");
+                    return Ok(());
+                }
+                Err(e) => return Err(Fatal::runtime(format!("--label-pod: {e}"))),
             }
         }
-        if let Some((pods, name)) = &self.pod {
-            let value = if leading {
-                serde_json::json!("true")
-            } else {
-                serde_json::Value::Null
+        Ok(())
+    }
+
+    /// Keeps the labels matching `leading` for as long as the process runs: after every change,
+    /// again every retry period while a change fails, and every [`LABEL_RESYNC`] anyway (someone
+    /// may edit the pods).
+    async fn reconcile(self: Arc<Self>, mut leading: watch::Receiver<bool>, retry: Duration) {
+        loop {
+            let want = *leading.borrow_and_update();
+            let done = self.apply(want).await;
+            let wait = if done { LABEL_RESYNC } else { retry };
+            tokio::select! {
+                changed = leading.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One pass: this pod's label, and (leading) the other pods'. Whether all of it took.
+    async fn apply(&self, leading: bool) -> bool {
+        let value = if leading { json!("true") } else { Value::Null };
+        let patch = json!({"metadata": {
+            "labels": {LEADER_LABEL: value},
+            "annotations": {LEASE_ANNOTATION: self.lease},
+        }});
+        let mut done = self.patch(&self.name, &patch).await;
+        if leading {
+            done &= self.clear_others().await;
+        }
+        done
+    }
+
+    async fn clear_others(&self) -> bool {
+        let params = ListParams::default().labels(&format!("{LEADER_LABEL}=true"));
+        let pods = match tokio::time::timeout(LABEL_TIMEOUT, self.pods.list(&params)).await {
+            Ok(Ok(pods)) => pods,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "listing the pods labelled as leader");
+                return false;
+            }
+            Err(_) => {
+                tracing::warn!("listing the pods labelled as leader: no answer");
+                return false;
+            }
+        };
+        let mut done = true;
+        for pod in pods {
+            let Some(name) = pod.metadata.name.as_deref() else {
+                continue;
             };
-            let patch = serde_json::json!({"metadata": {"labels": {LEADER_LABEL: value}}});
-            let params = kube::api::PatchParams::default();
-            let tries = if leading { 1 } else { 3 };
-            let merge = kube::api::Patch::Merge(&patch);
-            for attempt in 1..=tries {
-                let call = pods.patch(name, &params, &merge);
-                match tokio::time::timeout(LABEL_TIMEOUT, call).await {
-                    Ok(Ok(_)) => break,
-                    Ok(Err(e)) => {
-                        tracing::error!(pod = %name, error = %e, attempt, "labelling the pod")
-                    }
-                    Err(_) => tracing::error!(pod = %name, attempt, "labelling the pod: no answer"),
-                }
-                if attempt < tries {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+            let same_lock = pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(LEASE_ANNOTATION))
+                .is_some_and(|l| *l == self.lease);
+            if name != self.name && same_lock {
+                tracing::info!(pod = name, "removing a stale leader label");
+                let patch = json!({"metadata": {"labels": {LEADER_LABEL: null}}});
+                done &= self.patch(name, &patch).await;
+            }
+        }
+        done
+    }
+
+    async fn patch(&self, name: &str, patch: &Value) -> bool {
+        let (params, patch) = (PatchParams::default(), Patch::Merge(patch));
+        match tokio::time::timeout(LABEL_TIMEOUT, self.pods.patch(name, &params, &patch)).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(pod = name, error = %e, "labelling the pod");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(pod = name, "labelling the pod: no answer");
+                false
             }
         }
     }
@@ -139,35 +238,67 @@ async fn elect<L: Lock>(
     lock: L,
     config: Config,
     listener: TcpListener,
-    side: SideEffects,
+    status_file: StatusFile,
+    label: Option<PodLabel>,
+    tolerance: Duration,
 ) -> Result<u8, Fatal> {
     let name = config.name.clone();
-    let cleanup = side.clone();
+    let retry = config.retry_period;
+    let (leading_tx, leading) = watch::channel(false);
+    let leading_tx = Arc::new(leading_tx);
+    let label = label.map(Arc::new);
+    let reconciler = label
+        .clone()
+        .map(|label| tokio::spawn(label.reconcile(leading, retry)));
+    let work_file = status_file.clone();
     let mut signals = crate::StopSignals::catch()?;
-    let election = crate::start(config, lock, move |leader| side.clone().lead(leader))?;
-    tokio::spawn(serve_on(listener, election.handle.clone(), name));
+    let election = crate::start(config, lock, move |leader: LeaderContext| {
+        let (file, leading) = (work_file.clone(), leading_tx.clone());
+        async move {
+            file.mark(true);
+            leading.send_replace(true);
+            leader.cancel.cancelled().await;
+            leading.send_replace(false);
+            file.mark(false);
+        }
+    })?;
+    tokio::spawn(serve_on(listener, election.handle.clone(), name, tolerance));
     let trouble = tokio::select! {
         _ = signals.recv() => None,
         fatal = election.trouble() => Some(fatal),
     };
     let stopped = election.stop(&mut signals).await;
     // A work given up at the end of its term may not have cleaned up.
-    cleanup.mark(false).await;
+    status_file.mark(false);
+    if let (Some(task), Some(label)) = (reconciler, label) {
+        // The work has stopped: one last pass (a few tries); should it fail, the next
+        // leader removes the label.
+        task.abort();
+        for _ in 0..3 {
+            if label.apply(false).await {
+                break;
+            }
+            tokio::time::sleep(retry).await;
+        }
+    }
     match trouble {
         Some(fatal) => Err(fatal),
         None => stopped.map(|()| 0),
     }
 }
 
-/// Serves the endpoints until the process ends: at most [`MAX_CONNECTIONS`] at once, each
-/// for at most [`CONNECTION_TIMEOUT`], headers within 5 s, so that slow or idle clients
-/// cannot exhaust the process's file descriptors (which the lock needs).
-pub(crate) async fn serve_on(listener: TcpListener, handle: Arc<Handle>, name: String) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
+/// Serves the endpoints until the process ends. At most [`MAX_CONNECTIONS`] are kept: a new
+/// connection closes the oldest, so idle or slow clients cannot starve the probes (which open a
+/// connection each time); each lasts at most [`CONNECTION_TIMEOUT`], headers within 5 s.
+pub(crate) async fn serve_on(
+    listener: TcpListener,
+    handle: Arc<Handle>,
+    name: String,
+    tolerance: Duration,
+) {
+    let open: Arc<std::sync::Mutex<std::collections::VecDeque<(u64, CancellationToken)>>> =
+        Arc::default();
+    for id in 0u64.. {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -177,18 +308,35 @@ pub(crate) async fn serve_on(listener: TcpListener, handle: Arc<Handle>, name: S
                 continue;
             }
         };
-        let (handle, name) = (handle.clone(), name.clone());
+        let closed = CancellationToken::new();
+        {
+            let mut open = open
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if open.len() >= MAX_CONNECTIONS
+                && let Some((_, oldest)) = open.pop_front()
+            {
+                oldest.cancel();
+            }
+            open.push_back((id, closed.clone()));
+        }
+        let (handle, name, open) = (handle.clone(), name.clone(), open.clone());
         tokio::spawn(async move {
-            let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
-                let answer = answer(&req, &handle, &name);
+                let answer = answer(&req, &handle, &name, tolerance);
                 async move { Ok::<_, std::convert::Infallible>(answer) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(5))
                 .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+            tokio::select! {
+                () = closed.cancelled() => {}
+                _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection) => {}
+            }
+            open.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .retain(|(i, _)| *i != id);
         });
     }
 }
@@ -197,12 +345,14 @@ fn answer(
     req: &Request<hyper::body::Incoming>,
     handle: &Handle,
     name: &str,
+    tolerance: Duration,
 ) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+    let head = req.method() == Method::HEAD;
+    if req.method() != Method::GET && !head {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
     }
     let state = handle.state().borrow().clone();
-    match req.uri().path() {
+    let mut response = match req.uri().path() {
         // What the original election sidecar served.
         "/" => {
             let leader = state.leader.map(|l| l.to_string()).unwrap_or_default();
@@ -214,23 +364,19 @@ fn answer(
             );
             response
         }
-        "/healthz" => match handle.check(HEALTHZ_TOLERANCE) {
+        // Liveness, client-go's meaning: only a leader that cannot renew (or an alert such as
+        // another candidate renewing under this identity) is unhealthy. A candidate cut off from
+        // the API server is not: restarting a fleet during an outage helps nobody.
+        "/healthz" => match handle.check(tolerance) {
             Ok(()) => text(StatusCode::OK, "ok\n".into()),
             Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
         },
-        // Ready while the election runs and the lock answers (no failure since its last
-        // answer).
-        "/readyz" => {
-            let running = !matches!(state.role, Role::Finished);
-            match (&state.last_error, running) {
-                (None, true) => text(StatusCode::OK, "ok\n".into()),
-                (Some(e), _) => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("the lock does not answer: {}\n", e.error),
-                ),
-                (None, false) => text(StatusCode::SERVICE_UNAVAILABLE, "stopped\n".into()),
-            }
-        }
+        // Readiness, stricter: also not ready once the lock has not answered for a lease, or
+        // the election has stopped.
+        "/readyz" => match handle.check_ready(Duration::ZERO) {
+            Ok(()) => text(StatusCode::OK, "ok\n".into()),
+            Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+        },
         "/metrics" => {
             let leading = u8::from(handle.is_leader());
             let name = name.replace('\\', "\\\\").replace('"', "\\\"");
@@ -251,7 +397,11 @@ fn answer(
             response
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    };
+    if head {
+        *response.body_mut() = Full::new(Bytes::new());
     }
+    response
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -120,6 +120,10 @@ struct ElectionArgs {
     /// Do not release the lock on shutdown (followers then wait out the lease).
     #[arg(long)]
     no_release: bool,
+    /// How long past its lease a leader may go unrenewed before /healthz fails (client-go's
+    /// healthz adaptor timeout).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "20s")]
+    healthz_tolerance: Duration,
 }
 
 #[derive(Debug, Args)]

@@ -74,7 +74,14 @@ pub(crate) async fn run(args: RunArgs) -> Result<u8, Fatal> {
     };
     crate::with_lock!(args.election.lock, client, namespace, |lock| {
         crate::preflight(&lock, &config).await?;
-        elect(lock, config, spec, args.http).await
+        elect(
+            lock,
+            config,
+            spec,
+            args.http,
+            args.election.healthz_tolerance,
+        )
+        .await
     })
 }
 
@@ -98,6 +105,7 @@ async fn elect<L: Lock>(
     config: Config,
     spec: Spec,
     http: Option<std::net::SocketAddr>,
+    tolerance: Duration,
 ) -> Result<u8, Fatal> {
     let name = config.name.clone();
     let (ended_tx, mut ended) = mpsc::unbounded_channel::<Ended>();
@@ -113,6 +121,7 @@ async fn elect<L: Lock>(
             listener,
             election.handle.clone(),
             name,
+            tolerance,
         ));
     }
     let code = tokio::select! {

@@ -251,3 +251,88 @@ async fn the_blocking_driver_registers_and_leads_when_picked() {
         .expect("shut down");
     assert!(candidate(&server, "a").is_none(), "deleted on shutdown");
 }
+
+/// Versions the API server would refuse (422 on every attempt) are refused when building.
+#[tokio::test]
+async fn invalid_versions_are_refused_when_building() {
+    let server = ApiServer::start().await;
+    for (binary, emulation, says) in [
+        ("v1.36", Some("1.36.0"), "binaryVersion"),
+        ("banana", Some("1.36.0"), "binaryVersion"),
+        ("1.36", Some("1.36.0"), "binaryVersion"),
+        ("1.36.0", Some("1.37.0"), "at most binaryVersion"),
+        ("1.36.0", None, "required"),
+        ("1.36.0", Some("01.2.3"), "emulationVersion"),
+    ] {
+        let versions = CandidateVersions {
+            emulation_version: emulation.map(str::to_string),
+            ..CandidateVersions::new(binary)
+        };
+        let registration =
+            LeaseCandidateRegistration::new(server.client(), NS, &id("a"), "ctl", versions);
+        let built = LeaderElector::builder(
+            candidate_config("a"),
+            LeaseLock::new(server.client(), NS, "ctl"),
+        )
+        .lease_candidate(registration)
+        .on_started_leading(|_| async {})
+        .on_stopped_leading(|| {})
+        .build();
+        match built {
+            Err(leasehold::tokio::BuildError::CandidateVersions(message)) => {
+                assert!(message.contains(says), "{binary} {emulation:?}: {message}")
+            }
+            Err(e) => panic!("{binary}: {e}"),
+            Ok(_) => panic!("{binary} {emulation:?} accepted"),
+        }
+    }
+    for ok in ["1.36.0", "1.36.2-rc.1", "1.36.2+build.5", "0.0.0"] {
+        assert_eq!(CandidateVersions::new(ok).validate(), Ok(()), "{ok}");
+    }
+}
+
+/// The preflight finds a missing API and missing permissions; a registration refused at run
+/// time is in the state and fails the health checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_errors_are_found_early_and_visible() {
+    let server = ApiServer::start().await;
+    let registration = || {
+        LeaseCandidateRegistration::new(
+            server.client(),
+            NS,
+            &id("a"),
+            "ctl",
+            CandidateVersions::new("1.36.0"),
+        )
+    };
+    assert_eq!(registration().preflight().await, Ok(()));
+    server.deny("create", "leasecandidates");
+    let refused = registration().preflight().await.expect_err("forbidden");
+    assert!(refused.to_string().contains("may not create"), "{refused}");
+    assert!(refused.to_string().contains("leasecandidates"), "{refused}");
+
+    // Refused at run time: visible on the handle, and the health checks fail.
+    let handle = spawn(&server, "a", "1.36.0");
+    until(Duration::from_secs(5), || {
+        handle.state().borrow().registration_error.is_some()
+    })
+    .await;
+    let state = handle.state().borrow().clone();
+    assert!(
+        state
+            .registration_error
+            .as_deref()
+            .is_some_and(|e| e.contains("forbidden")),
+        "{state:?}"
+    );
+    assert!(handle.check(Duration::from_secs(20)).is_err());
+    assert!(handle.check_ready(Duration::from_secs(20)).is_err());
+    handle.shutdown().await;
+
+    server.disable_coordination_beta();
+    let missing = registration().preflight().await.expect_err("not served");
+    assert!(
+        missing.to_string().contains("CoordinatedLeaderElection"),
+        "{missing}"
+    );
+}

@@ -106,6 +106,9 @@ pub struct LeaderState {
     pub work_panicked: Option<String>,
     /// A condition a person should look at ([`Alert`]), while it holds.
     pub alert: Option<Alert>,
+    /// Coordinated election: why the LeaseCandidate registration fails, until it succeeds
+    /// again (without a registration nobody is picked).
+    pub registration_error: Option<String>,
 }
 
 /// A lock error as [`LeaderState`] reports it.
@@ -118,12 +121,15 @@ pub struct ErrorReport {
 }
 
 /// The elector, shared between the driver and its handle.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Shared {
     elector: Arc<Mutex<Elector>>,
     pub(crate) clock: Clock,
     /// The panic message of a leader work, once one panicked.
     panicked: Arc<Mutex<Option<String>>>,
+    /// The LeaseCandidate registration, for its errors.
+    #[cfg(feature = "kube")]
+    registration: Option<crate::kube::LeaseCandidateRegistration>,
 }
 
 impl Shared {
@@ -132,7 +138,21 @@ impl Shared {
             elector: Arc::new(Mutex::new(elector)),
             clock,
             panicked: Arc::default(),
+            #[cfg(feature = "kube")]
+            registration: None,
         }
+    }
+
+    /// The registration's failure since its last success, and whether retrying cannot heal it.
+    fn registration_error(&self) -> Option<(String, bool)> {
+        #[cfg(feature = "kube")]
+        if let Some(e) = self.registration.as_ref().and_then(|r| r.last_error()) {
+            return Some((
+                format!("the LeaseCandidate registration fails: {}", e.message),
+                e.permanent,
+            ));
+        }
+        None
     }
 
     /// Records that the leader work panicked with `message`, and logs it.
@@ -175,6 +195,7 @@ impl Shared {
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
             alert: e.alert(now).cloned(),
+            registration_error: self.registration_error().map(|(message, _)| message),
         }
     }
 
@@ -184,14 +205,24 @@ impl Shared {
         self.elector().is_leader(now)
     }
 
+    /// The elector's liveness check, and a registration that retrying cannot heal.
     pub(crate) fn check(&self, max_tolerable_expired: Duration) -> Result<(), Unhealthy> {
         let now = self.clock.now().instant;
-        self.elector().check(now, max_tolerable_expired)
+        self.elector().check(now, max_tolerable_expired)?;
+        match self.registration_error() {
+            Some((message, true)) => Err(Unhealthy::Registration(message)),
+            _ => Ok(()),
+        }
     }
 
+    /// The elector's readiness check, and any registration failure.
     pub(crate) fn check_ready(&self, max_tolerable_expired: Duration) -> Result<(), Unhealthy> {
         let now = self.clock.now().instant;
-        self.elector().check_ready(now, max_tolerable_expired)
+        self.elector().check_ready(now, max_tolerable_expired)?;
+        match self.registration_error() {
+            Some((message, _)) => Err(Unhealthy::Registration(message)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -218,6 +249,10 @@ pub enum BuildError {
     /// A required callback is missing (client-go's rules 6 and 7, with its messages).
     #[error("{0}")]
     MissingCallback(&'static str),
+    /// The LeaseCandidate's versions would be refused by the API server (see
+    /// `CandidateVersions::validate`).
+    #[error("the LeaseCandidate's versions: {0}")]
+    CandidateVersions(String),
     /// The LeaseCandidate registers under another name than the elector's identity (so the
     /// election controller's choice would never be recognised), or the identity is no valid
     /// object name (lowercase letters, digits, `-` and `.`, at most 253 characters).
@@ -348,6 +383,12 @@ impl<L, W> Builder<L, W> {
                 identity: self.config.identity.to_string(),
             });
         }
+        #[cfg(feature = "kube")]
+        if let Some(c) = &self.candidate {
+            c.versions()
+                .validate()
+                .map_err(BuildError::CandidateVersions)?;
+        }
         let clock = Clock::new();
         let seed = self.seed.unwrap_or_else(random_seed);
         let elector = Elector::new(self.config.clone(), clock.now(), seed)?;
@@ -361,7 +402,11 @@ impl<L, W> Builder<L, W> {
         Ok(Parts {
             config: self.config,
             lock: self.lock,
-            shared: Shared::new(elector, clock),
+            shared: Shared {
+                #[cfg(feature = "kube")]
+                registration: self.candidate.clone(),
+                ..Shared::new(elector, clock)
+            },
             on_started,
             on_stopped,
             on_new_leader: self.on_new_leader,

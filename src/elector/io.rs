@@ -285,4 +285,8 @@ pub enum Unhealthy {
     /// The elector has finished (readiness only).
     #[error("the election has finished")]
     Finished,
+    /// Coordinated election: the LeaseCandidate registration fails (for liveness, only when
+    /// retrying cannot heal it), so the election controller never picks this candidate.
+    #[error("{0}")]
+    Registration(String),
 }

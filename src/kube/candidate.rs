@@ -3,6 +3,7 @@
 //! the holder of the Lease.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -49,6 +50,131 @@ impl CandidateVersions {
             strategy: OLDEST_EMULATION_VERSION.to_string(),
         }
     }
+
+    /// The API server's rules, checked before anything is sent (it would refuse every attempt
+    /// with 422): both versions semantic versions without a leading `v` (`1.36.2`, not `1.36`
+    /// or `v1.36.2`), the emulation version at most the binary version and present with
+    /// `OldestEmulationVersion`, and a strategy.
+    ///
+    /// # Errors
+    /// What is wrong, naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let binary = Semver::parse(&self.binary_version)
+            .map_err(|why| format!("binaryVersion {:?}: {why}", self.binary_version))?;
+        if self.strategy.is_empty() {
+            return Err("strategy: required".into());
+        }
+        match &self.emulation_version {
+            Some(emulation) => {
+                let parsed = Semver::parse(emulation)
+                    .map_err(|why| format!("emulationVersion {emulation:?}: {why}"))?;
+                if parsed > binary {
+                    return Err(format!(
+                        "emulationVersion {emulation:?} must be at most binaryVersion {:?}",
+                        self.binary_version
+                    ));
+                }
+            }
+            None if self.strategy == OLDEST_EMULATION_VERSION => {
+                return Err(format!(
+                    "emulationVersion: required with the strategy {OLDEST_EMULATION_VERSION}"
+                ));
+            }
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+/// A semantic version (semver 2.0: `MAJOR.MINOR.PATCH[-PRERELEASE][+BUILD]`), ordered by
+/// precedence (build metadata ignored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Semver {
+    core: [u64; 3],
+    pre: Vec<String>,
+}
+
+impl Semver {
+    fn parse(text: &str) -> Result<Semver, &'static str> {
+        if text.starts_with('v') {
+            return Err("no leading 'v' allowed");
+        }
+        let text = match text.split_once('+') {
+            Some((_, "")) => return Err("an empty build"),
+            Some((version, _)) => version,
+            None => text,
+        };
+        let (core, pre) = match text.split_once('-') {
+            Some((core, pre)) => (core, Some(pre)),
+            None => (text, None),
+        };
+        let numeric = |part: &str| -> Result<u64, &'static str> {
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err("expected MAJOR.MINOR.PATCH, numbers");
+            }
+            if part.len() > 1 && part.starts_with('0') {
+                return Err("no leading zeros allowed");
+            }
+            part.parse().map_err(|_| "a number too large")
+        };
+        let parts: Vec<&str> = core.split('.').collect();
+        let [major, minor, patch] = parts[..] else {
+            return Err("expected MAJOR.MINOR.PATCH");
+        };
+        let core = [numeric(major)?, numeric(minor)?, numeric(patch)?];
+        let pre = match pre {
+            None => Vec::new(),
+            Some(pre) => {
+                let ids: Vec<String> = pre.split('.').map(str::to_string).collect();
+                for id in &ids {
+                    let ok = !id.is_empty()
+                        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        && !(id.len() > 1
+                            && id.starts_with('0')
+                            && id.bytes().all(|b| b.is_ascii_digit()));
+                    if !ok {
+                        return Err("an invalid pre-release");
+                    }
+                }
+                ids
+            }
+        };
+        Ok(Semver { core, pre })
+    }
+}
+
+impl PartialOrd for Semver {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Semver {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        use std::cmp::Ordering;
+        self.core
+            .cmp(&other.core)
+            .then_with(|| match (self.pre.is_empty(), other.pre.is_empty()) {
+                (true, true) => Ordering::Equal,
+                // A pre-release comes before its release.
+                (true, false) => Ordering::Greater,
+                (false, true) => Ordering::Less,
+                (false, false) => {
+                    for (a, b) in self.pre.iter().zip(&other.pre) {
+                        let order = match (a.parse::<u64>(), b.parse::<u64>()) {
+                            (Ok(a), Ok(b)) => a.cmp(&b),
+                            (Ok(_), Err(_)) => Ordering::Less,
+                            (Err(_), Ok(_)) => Ordering::Greater,
+                            (Err(_), Err(_)) => a.cmp(b),
+                        };
+                        if order != Ordering::Equal {
+                            return order;
+                        }
+                    }
+                    self.pre.len().cmp(&other.pre.len())
+                }
+            })
+    }
 }
 
 /// This candidate's `LeaseCandidate`: created (or wholly replaced, so that a restart under the
@@ -65,6 +191,20 @@ pub struct LeaseCandidateRegistration {
     name: String,
     lease_name: String,
     versions: CandidateVersions,
+    /// The last failure since the last success, shared by the clones (the driver reports it).
+    failure: Arc<Mutex<Option<RegistrationError>>>,
+}
+
+/// Why the registration fails, until it succeeds again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationError {
+    /// The API server's answer, or what went wrong.
+    pub message: String,
+    /// A refusal that retrying will not heal (a 4xx other than a conflict or throttling: a
+    /// missing permission, an invalid object, a missing API or namespace).
+    pub permanent: bool,
+    /// How many attempts failed in a row.
+    pub in_a_row: u32,
 }
 
 impl LeaseCandidateRegistration {
@@ -81,7 +221,74 @@ impl LeaseCandidateRegistration {
             name: identity.as_str().to_string(),
             lease_name: lease_name.to_string(),
             versions,
+            failure: Arc::default(),
         }
+    }
+
+    /// The last failure since the last successful registration, if any.
+    pub fn last_error(&self) -> Option<RegistrationError> {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The versions this candidate registers with.
+    pub fn versions(&self) -> &CandidateVersions {
+        &self.versions
+    }
+
+    /// Checks, before contending, what would otherwise fail every registration: that the API
+    /// server serves `coordination.k8s.io/v1beta1` LeaseCandidates (the
+    /// `CoordinatedLeaderElection` feature gate and `--runtime-config`), and that this client
+    /// may get, list, watch, create, update and delete its LeaseCandidate.
+    ///
+    /// # Errors
+    /// [`PreflightError`](super::PreflightError): `Refused` when the API is not served,
+    /// `Forbidden` with the Role to apply.
+    pub async fn preflight(&self) -> Result<(), super::PreflightError> {
+        let client = self.api.clone().into_client();
+        let served = tokio::time::timeout(
+            CALL_LIMIT,
+            client.list_api_group_resources("coordination.k8s.io/v1beta1"),
+        )
+        .await;
+        match served {
+            Ok(Ok(list)) if list.resources.iter().any(|r| r.name == "leasecandidates") => {}
+            Ok(Ok(_)) | Ok(Err(kube::Error::Api(_))) => {
+                return Err(super::PreflightError::Refused(
+                    "the API server does not serve coordination.k8s.io/v1beta1 leasecandidates: coordinated leader election needs the CoordinatedLeaderElection feature gate and --runtime-config=coordination.k8s.io/v1beta1=true".into(),
+                ));
+            }
+            Ok(Err(e)) => return Err(super::PreflightError::Unreachable(e.to_string())),
+            Err(_) => {
+                return Err(super::PreflightError::Unreachable(
+                    "no answer within 10 s".into(),
+                ));
+            }
+        }
+        let namespace = self.api.namespace().unwrap_or("default").to_string();
+        super::check_access(
+            client,
+            &namespace,
+            "coordination.k8s.io",
+            "leasecandidates",
+            Some(&self.name),
+            &["get", "list", "watch", "create", "update", "delete"],
+        )
+        .await
+    }
+
+    fn note(&self, outcome: Result<(), &kube::Error>) {
+        let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+        *failure = match outcome {
+            Ok(()) => None,
+            Err(e) => Some(RegistrationError {
+                message: e.to_string(),
+                permanent: matches!(e, kube::Error::Api(s) if (400..500).contains(&s.code) && ![408, 409, 429].contains(&s.code)),
+                in_a_row: failure.as_ref().map_or(1, |f| f.in_a_row.saturating_add(1)),
+            }),
+        };
     }
 
     /// The identity this candidate registers as.
@@ -118,6 +325,7 @@ impl LeaseCandidateRegistration {
                 () = &mut stop => break,
                 () = sleep_until(next) => match tokio::time::timeout(CALL_LIMIT, self.register()).await.unwrap_or_else(|_| Err(kube::Error::Service("no answer within 10 s".into()))) {
                     Ok(()) => {
+                        self.note(Ok(()));
                         if failures > 0 {
                             tracing::info!(candidate = %self.name, "LeaseCandidate registered again");
                         }
@@ -130,6 +338,7 @@ impl LeaseCandidateRegistration {
                         next = Instant::now();
                     }
                     Err(e) => {
+                        self.note(Err(&e));
                         failures += 1;
                         if failures == 1 || failures.is_power_of_two() {
                             tracing::error!(candidate = %self.name, error = %e, failures, "registering the LeaseCandidate");

@@ -139,6 +139,8 @@ struct State {
     /// (verb, resource) pairs RBAC refuses: 403 on the request, `allowed: false` in a
     /// SelfSubjectAccessReview.
     denied: std::collections::BTreeSet<(String, String)>,
+    /// `coordination.k8s.io/v1beta1` is not served (the feature gate off).
+    no_coordination_beta: bool,
 }
 
 struct Shared {
@@ -322,6 +324,11 @@ impl ApiServer {
     /// Answers the next requests with these statuses, in order.
     pub fn fail_next(&self, statuses: &[u16]) {
         self.state().faults.fail_next.extend(statuses);
+    }
+
+    /// Stops serving `coordination.k8s.io/v1beta1` (as with the feature gate off).
+    pub fn disable_coordination_beta(&self) {
+        self.state().no_coordination_beta = true;
     }
 
     /// Answers the next `n` PATCH requests with 500.
@@ -1121,6 +1128,35 @@ async fn namespace_or_review(
 ) -> Result<Response<Body>, Request<Incoming>> {
     let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, seg.as_slice()) {
+        // Discovery of the one group version a client asks about (coordinated election).
+        (&Method::GET, ["apis", "coordination.k8s.io", "v1beta1"]) => {
+            let st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+            Ok(if st.no_coordination_beta {
+                status(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource".into(),
+                    None,
+                    "",
+                )
+            } else {
+                respond(
+                    StatusCode::OK,
+                    &json!({
+                        "kind": "APIResourceList",
+                        "apiVersion": "v1",
+                        "groupVersion": "coordination.k8s.io/v1beta1",
+                        "resources": [{
+                            "name": "leasecandidates",
+                            "singularName": "leasecandidate",
+                            "namespaced": true,
+                            "kind": "LeaseCandidate",
+                            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+                        }],
+                    }),
+                )
+            })
+        }
         (&Method::GET, ["api", "v1", "namespaces", ns]) => {
             let st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
             Ok(if st.missing_namespaces.contains(*ns) {

@@ -1364,3 +1364,255 @@ fn the_pod_label_is_reconciled_and_a_leader_clears_stale_ones() {
     assert!(serve.wait().expect("exits").success());
     assert!(leader_label("side-0").is_null(), "removed at exit");
 }
+
+// ---- the smaller promises -------------------------------------------------------------------
+
+#[test]
+fn invalid_names_are_usage_errors_and_never_reach_a_url() {
+    let cluster = Cluster::start("names");
+    // A lease named `x` exists: a name pasted into a URL must not reach it.
+    let mut args = vec![
+        "run",
+        "--lease",
+        "x",
+        "--identity",
+        "a",
+        "--no-release",
+        "--grace",
+        "500ms",
+    ];
+    args.extend(FAST);
+    args.extend(["--", "true"]);
+    assert!(cluster.command(&args).status().expect("runs").success());
+    for bad in [
+        vec!["status", "--lease", "x?dryRun=All"],
+        vec!["status", "--lease", "X"],
+        vec!["status", "--lease", "x", "--namespace", "a.b"],
+        vec!["run", "--lease", "x/y", "--", "true"],
+        vec!["serve", "--lease", "_x"],
+    ] {
+        let out = cluster.command(&bad).output().expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {stderr}");
+        assert!(stderr.contains("not a valid"), "{bad:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{bad:?} showed something");
+    }
+}
+
+#[test]
+fn a_program_that_cannot_run_is_found_before_contending() {
+    let cluster = Cluster::start("missing");
+    let script = cluster.dir.join("not-executable.sh");
+    std::fs::write(&script, "#!/bin/sh\n").expect("written");
+    let script = script.display().to_string();
+    for (program, code) in [("no-such-program-anywhere", 127), (script.as_str(), 126)] {
+        for restart in [false, true] {
+            let mut args = vec!["run", "--lease", "never", "--grace", "500ms"];
+            if restart {
+                args.push("--restart");
+            }
+            args.extend(FAST);
+            args.extend(["--", program]);
+            let start = Instant::now();
+            let out = cluster.command(&args).output().expect("runs");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(code), "{program}: {stderr}");
+            assert!(start.elapsed() < Duration::from_secs(5), "no retries");
+            assert!(stderr.contains(program), "{stderr}");
+        }
+    }
+    assert!(cluster.holder("never").is_none(), "nobody contended");
+}
+
+#[test]
+fn timings_are_validated_at_the_locks_own_precision() {
+    let run = |lock: &str| {
+        Command::new(BIN)
+            .args([
+                "run",
+                "--lease",
+                "x",
+                "--lock",
+                lock,
+                "--lease-duration",
+                "2s",
+                "--renew-deadline",
+                "1s",
+                "--retry-period",
+                "200ms",
+                "--grace",
+                "500ms",
+                "--",
+                "true",
+            ])
+            .env("KUBECONFIG", "/nonexistent")
+            .env_remove("POD_NAME")
+            .output()
+            .expect("runs")
+    };
+    // A Lease stores microseconds: a 1 s renew deadline is fine (the run then fails for want
+    // of a cluster, not as a usage error).
+    let out = run("lease");
+    assert_ne!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // An annotation lock stores whole seconds: the renew deadline must exceed 1.2 s.
+    let out = run("configmap");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("precision"), "{stderr}");
+}
+
+#[test]
+fn status_shows_future_times_escapes_identities_and_answers_json_for_garbage() {
+    let cluster = Cluster::start("status2");
+    let future = "2999-01-01T00:00:00.000000Z";
+    cluster.server.put_raw(
+        Kind::Lease,
+        "default",
+        "odd",
+        serde_json::json!({"spec": {
+            "holderIdentity": "evil\u{1b}[2J",
+            "leaseDurationSeconds": 15,
+            "renewTime": future,
+            "acquireTime": future,
+            "leaseTransitions": 4,
+            "strategy": "OldestEmulationVersion",
+        }}),
+    );
+    let out = cluster
+        .command(&["status", "--lease", "odd"])
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains('\u{1b}'), "{text}");
+    assert!(text.contains("evil\\u{1b}[2J"), "{text}");
+    assert!(text.contains("in the future"), "{text}");
+    assert!(
+        text.contains("strategy:     OldestEmulationVersion"),
+        "{text}"
+    );
+    let out = cluster
+        .command(&["status", "--lease", "odd", "-o", "json"])
+        .output()
+        .expect("runs");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(json["renewedSecondsAgo"].as_f64().is_some_and(|s| s < 0.0));
+    assert_eq!(json["strategy"], "OldestEmulationVersion");
+    // An unreadable record: still JSON, with the error.
+    cluster.server.put_raw(
+        Kind::Lease,
+        "default",
+        "garbage",
+        serde_json::json!({"spec": {"leaseDurationSeconds": "fifteen"}}),
+    );
+    let out = cluster
+        .command(&["status", "--lease", "garbage", "-o", "json"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json even so");
+    assert!(
+        json["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("leaseDurationSeconds")),
+        "{json}"
+    );
+}
+
+#[test]
+fn hangup_stops_like_terminate_and_an_empty_pod_name_falls_back() {
+    let cluster = Cluster::start("hup");
+    let (file, starts) = (cluster.dir.join("stamps"), cluster.dir.join("starts"));
+    let mut args = run_args("ignored", "hup", stamper_counting(&file, &starts));
+    // No --identity: $POD_NAME is empty, so the host name and a suffix.
+    args.drain(3..5);
+    let mut run = cluster
+        .command(&strs(&args))
+        .env("POD_NAME", "")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    wait_for("it leads", Duration::from_secs(10), || {
+        leader_stamping_after(&file, 0).is_some()
+    });
+    let holder = cluster.holder("hup").expect("held");
+    assert!(!holder.is_empty() && !holder.contains('_'), "{holder}");
+    signal(&run, "HUP");
+    assert_eq!(run.wait().expect("exits").code(), Some(0));
+    assert_eq!(cluster.holder("hup").as_deref(), Some(""), "released");
+}
+
+#[test]
+fn a_second_signal_exits_at_once_and_a_failed_release_is_an_error() {
+    let cluster = Cluster::start("twice");
+    let file = cluster.dir.join("stamps");
+    // A command that ignores SIGTERM, and a long grace period: the first signal would wait.
+    let script = format!(
+        "trap '' TERM; while true; do echo \"s $(date +%s%N) 0 $PPID\" >> {}; sleep 0.02; done",
+        file.display()
+    );
+    let mut args: Vec<String> = [
+        "run",
+        "--lease",
+        "twice",
+        "--identity",
+        "a",
+        "--grace",
+        "5s",
+        "--lease-duration",
+        "15s",
+        "--renew-deadline",
+        "10s",
+        "--retry-period",
+        "2s",
+        "--",
+        "sh",
+        "-c",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    args.push(script);
+    let mut run = cluster.spawn(&strs(&args));
+    wait_for("it runs", Duration::from_secs(10), || {
+        leader_stamping_after(&file, 0).is_some()
+    });
+    signal(&run, "INT");
+    sleep(Duration::from_millis(300));
+    let second = Instant::now();
+    signal(&run, "INT");
+    let status = run.wait().expect("exits");
+    assert!(
+        second.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        second.elapsed()
+    );
+    assert_eq!(status.code(), Some(130));
+    let gone = now_nanos();
+    sleep(Duration::from_millis(300));
+    assert!(
+        stamps(&file).iter().all(|(_, t)| *t < gone),
+        "the command died with leasehold"
+    );
+
+    // A release that cannot be written: the exit status says so.
+    let (file, starts) = (cluster.dir.join("stamps2"), cluster.dir.join("starts2"));
+    let mut run = cluster.spawn(&strs(&run_args(
+        "b",
+        "unreleased",
+        stamper_counting(&file, &starts),
+    )));
+    wait_for("it leads", Duration::from_secs(10), || {
+        leader_stamping_after(&file, 0).is_some()
+    });
+    cluster.server.hang(true);
+    signal(&run, "TERM");
+    let status = run.wait().expect("exits");
+    cluster.server.hang(false);
+    assert_eq!(status.code(), Some(1), "the release failed");
+}

@@ -260,7 +260,7 @@ impl LeaseCandidateRegistration {
                     "the API server does not serve coordination.k8s.io/v1beta1 leasecandidates: coordinated leader election needs the CoordinatedLeaderElection feature gate and --runtime-config=coordination.k8s.io/v1beta1=true".into(),
                 ));
             }
-            Ok(Err(e)) => return Err(super::PreflightError::Unreachable(e.to_string())),
+            Ok(Err(e)) => return Err(super::PreflightError::Unreachable(super::explain(&e))),
             Err(_) => {
                 return Err(super::PreflightError::Unreachable(
                     "no answer within 10 s".into(),
@@ -284,7 +284,7 @@ impl LeaseCandidateRegistration {
         *failure = match outcome {
             Ok(()) => None,
             Err(e) => Some(RegistrationError {
-                message: e.to_string(),
+                message: super::explain(e),
                 permanent: matches!(e, kube::Error::Api(s) if (400..500).contains(&s.code) && ![408, 409, 429].contains(&s.code)),
                 in_a_row: failure.as_ref().map_or(1, |f| f.in_a_row.saturating_add(1)),
             }),
@@ -299,13 +299,7 @@ impl LeaseCandidateRegistration {
     /// Whether the identity can name a LeaseCandidate: a Kubernetes object name (an RFC 1123
     /// subdomain). Any other is refused by the API server on every attempt.
     pub fn has_valid_name(&self) -> bool {
-        let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
-        let name = self.name.as_str();
-        !name.is_empty()
-            && name.len() <= 253
-            && name.chars().all(|c| alnum(c) || c == '-' || c == '.')
-            && name.starts_with(alnum)
-            && name.ends_with(alnum)
+        super::is_object_name(&self.name)
     }
 
     /// Keeps the registration until `stop` completes, then deletes it (within 5 s). Errors are
@@ -341,7 +335,7 @@ impl LeaseCandidateRegistration {
                         self.note(Err(&e));
                         failures += 1;
                         if failures == 1 || failures.is_power_of_two() {
-                            tracing::error!(candidate = %self.name, error = %e, failures, "registering the LeaseCandidate");
+                            tracing::error!(candidate = %self.name, error = %super::explain(&e), failures, "registering the LeaseCandidate");
                         }
                         let pause = Duration::from_secs(1 << failures.min(6)).min(Duration::from_secs(60));
                         next = Instant::now() + pause;
@@ -370,7 +364,7 @@ impl LeaseCandidateRegistration {
             Ok(Ok(_)) => tracing::info!(candidate = %self.name, "LeaseCandidate deleted"),
             Ok(Err(kube::Error::Api(status))) if status.code == 404 => {}
             Ok(Err(e)) => {
-                tracing::warn!(candidate = %self.name, error = %e, "deleting the LeaseCandidate")
+                tracing::warn!(candidate = %self.name, error = %super::explain(&e), "deleting the LeaseCandidate")
             }
             Err(_) => {
                 tracing::warn!(candidate = %self.name, "deleting the LeaseCandidate: no answer")

@@ -354,8 +354,50 @@ impl<K: LockObject> ObjectLock<K> {
     }
 }
 
+/// Whether `name` is a valid name for most Kubernetes objects (a DNS subdomain, RFC 1123):
+/// at most 253 lowercase letters, digits, `-` and `.`, starting and ending with a letter or
+/// digit.
+pub fn is_object_name(name: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !name.is_empty()
+        && name.len() <= 253
+        && name.chars().all(|c| alnum(c) || c == '-' || c == '.')
+        && name.starts_with(alnum)
+        && name.ends_with(alnum)
+}
+
+/// Whether `name` is a valid namespace name (a DNS label, RFC 1123): at most 63 lowercase
+/// letters, digits and `-`, starting and ending with a letter or digit.
+pub fn is_namespace_name(name: &str) -> bool {
+    name.len() <= 63 && !name.contains('.') && is_object_name(name)
+}
+
+impl<K: LockObject> ObjectLock<K> {
+    /// An error unless the namespace and the name are valid: an invalid name is never sent
+    /// (kube-rs would paste it into the URL, where `x?dryRun=All` would name `x`).
+    fn check_names(&self) -> Result<(), LockError> {
+        if !is_namespace_name(&self.namespace) {
+            return Err(LockError::new(
+                LockErrorKind::Other,
+                format!("{:?} is not a valid namespace name", self.namespace),
+            ));
+        }
+        if !is_object_name(&self.name) {
+            return Err(LockError::new(
+                LockErrorKind::Other,
+                format!(
+                    "{:?} is not a valid object name (lowercase letters, digits, '-' and '.')",
+                    self.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl<K: LockObject> Lock for ObjectLock<K> {
     async fn get(&self) -> Result<Sighting, LockError> {
+        self.check_names()?;
         let object = match self.api.get_opt(&self.name).await {
             Ok(object) => object,
             Err(kube::Error::SerdeError(e)) => return Err(self.explain_undecodable(&e).await),
@@ -370,6 +412,7 @@ impl<K: LockObject> Lock for ObjectLock<K> {
     }
 
     async fn create(&self, record: LeaderElectionRecord) -> Result<Version, LockError> {
+        self.check_names()?;
         let mut object = K::default();
         object.meta_mut().name = Some(self.name.clone());
         object.meta_mut().namespace = Some(self.namespace.clone());
@@ -388,6 +431,7 @@ impl<K: LockObject> Lock for ObjectLock<K> {
         expected: Version,
         record: LeaderElectionRecord,
     ) -> Result<Version, LockError> {
+        self.check_names()?;
         let cached = self
             .cache()
             .clone()
@@ -437,6 +481,8 @@ impl<K: LockObject> Lock for ObjectLock<K> {
     }
 
     fn watch(&self) -> Option<BoxStream<'static, Result<Sighting, LockError>>> {
+        // With invalid names every read fails and says why; nothing is watched.
+        self.check_names().ok()?;
         let describe = self.describe();
         // With backoff, a broken watch is retried after a pause, not in a tight loop.
         let stream = kube::runtime::watcher::watch_object(self.api.clone(), &self.name)
@@ -578,12 +624,12 @@ impl PreflightError {
     fn of_request(e: kube::Error) -> Self {
         match e {
             kube::Error::Api(status) if status.code == 401 => {
-                PreflightError::Unauthorized(status.message)
+                PreflightError::Unauthorized(explain(&kube::Error::Api(status)))
             }
             kube::Error::Api(status) if (400..500).contains(&status.code) && status.code != 429 => {
                 PreflightError::Refused(status.message)
             }
-            e => PreflightError::Unreachable(e.to_string()),
+            e => PreflightError::Unreachable(explain(&e)),
         }
     }
 }
@@ -599,6 +645,8 @@ impl<K: LockObject> ObjectLock<K> {
     /// # Errors
     /// [`PreflightError`], with a Role to apply when permissions are missing.
     pub async fn preflight(&self, watching: bool) -> Result<(), PreflightError> {
+        self.check_names()
+            .map_err(|e| PreflightError::Refused(e.message))?;
         let verbs: &[&str] = if watching {
             &["get", "list", "watch", "create", "update"]
         } else {
@@ -721,6 +769,27 @@ fn role_yaml(namespace: &str, group: &str, plural: &str, verbs: &[&str]) -> Stri
     )
 }
 
+/// A kube error as a person reads it: for an API error the code, the reason and the server's
+/// message (kube-rs's own text repeats the whole `Status` as debug output).
+pub(crate) fn explain(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => {
+            let reason = if status.reason.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", status.reason)
+            };
+            let message = if status.message.is_empty() {
+                "no message"
+            } else {
+                status.message.as_str()
+            };
+            format!("{}{reason}: {message}", status.code)
+        }
+        e => e.to_string(),
+    }
+}
+
 /// Maps a kube error onto the classes the elector acts on, keeping the server's message.
 pub(crate) fn classify(what: &str, e: kube::Error) -> LockError {
     let kind = match &e {
@@ -744,7 +813,7 @@ pub(crate) fn classify(what: &str, e: kube::Error) -> LockError {
             .filter(|&s| s > 0),
         _ => None,
     };
-    let error = LockError::new(kind, format!("{what}: {e}"));
+    let error = LockError::new(kind, format!("{what}: {}", explain(&e)));
     match retry_after {
         Some(secs) => error.with_retry_after(std::time::Duration::from_secs(u64::from(secs))),
         None => error,

@@ -84,6 +84,27 @@ struct LockArgs {
     lock: LockKind,
 }
 
+impl LockArgs {
+    /// Names the API server would refuse (or that would not stay in their place in a URL) are
+    /// usage errors, found before the cluster is asked.
+    fn check(&self) -> Result<(), Fatal> {
+        if !leasehold::kube::is_object_name(&self.lease) {
+            return Err(Fatal::usage(format!(
+                "--lease {:?}: not a valid object name (at most 253 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit)",
+                self.lease
+            )));
+        }
+        if let Some(namespace) = self.namespace.as_deref().filter(|n| !n.is_empty())
+            && !leasehold::kube::is_namespace_name(namespace)
+        {
+            return Err(Fatal::usage(format!(
+                "--namespace {namespace:?}: not a valid namespace name (at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit)"
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum LockKind {
     /// A coordination.k8s.io/v1 Lease.
@@ -270,7 +291,13 @@ async fn client(args: &LockArgs) -> Result<(kube::Client, String), Fatal> {
     let namespace = args
         .namespace
         .clone()
+        .filter(|n| !n.is_empty())
         .unwrap_or_else(|| config.default_namespace.clone());
+    if !leasehold::kube::is_namespace_name(&namespace) {
+        return Err(Fatal::usage(format!(
+            "the namespace {namespace:?} (from the kubeconfig) is not a valid namespace name"
+        )));
+    }
     let client = kube::Client::try_from(config)
         .map_err(|e| Fatal::runtime(format!("cannot build a client: {e}")))?;
     Ok((client, namespace))
@@ -280,6 +307,7 @@ impl ElectionArgs {
     /// The elector's configuration, validated at the lock's time precision (a bad one is a
     /// usage error).
     fn config(&self, namespace: &str, time_precision: Duration) -> Result<Config, Fatal> {
+        self.lock.check()?;
         // An empty $POD_NAME (a downward API typo) is no identity: fall back as if unset.
         let identity = match self.identity.as_deref().filter(|id| !id.is_empty()) {
             Some(id) => id.to_string(),

@@ -131,6 +131,22 @@
 //!   kube-rs, with Kubernetes events.
 //! * [`MemoryLock`]: a linearizable in-memory lock for tests, examples and single-host use.
 //!
+//! # The `leasehold` command
+//!
+//! The `cli` feature builds `leasehold`, which puts any program under leader election
+//! (`leasehold run -- COMMAND`). Its promise: the command, and every process it starts (those
+//! that leave its process group or daemonize included), runs only while the wrapper's term
+//! lasts: SIGTERM a grace period before an unrenewed term ends, SIGKILL at its end. A guard
+//! process, a child subreaper in a process group of its own, enforces the end of each term by
+//! itself (the wrapper tells it the end after every renewal), so a paused, stuck or killed
+//! wrapper cannot keep the command running; the wrapper enforces it too, as a second line. A
+//! restarted wrapper waits out its predecessor's lease, so the two never overlap and the
+//! fencing token rises. Under the safety theorem's assumptions no two wrappers' commands run
+//! at once. Outside the promise: a guard that is itself stopped or killed, processes started
+//! outside the command's tree or under another user, effects already in flight when the
+//! command is killed (use the fencing token), and clocks outside the rate bound. The README
+//! gives the details.
+//!
 //! # Checking the theorem, and your configuration
 //!
 //! The `sim` feature adds `leasehold::sim`: a deterministic simulator that runs many real

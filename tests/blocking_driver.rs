@@ -517,7 +517,8 @@ fn shutdown_returns_at_the_end_of_the_term_when_the_work_ignores_it() {
     );
 }
 
-/// Errors are on the handle, and the health check fails for a candidate that cannot read.
+/// Errors are on the handle, and the readiness check fails for a candidate that cannot read
+/// (its liveness check does not: a restart would not help).
 #[test]
 fn errors_are_visible_on_the_handle() {
     let lock = Cuttable {
@@ -530,7 +531,8 @@ fn errors_are_visible_on_the_handle() {
     sleep(Duration::from_secs(3));
     let report = handle.state().last_error.expect("an error");
     assert!(report.in_a_row >= 5, "{}", report.in_a_row);
-    assert!(handle.check(Duration::from_millis(500)).is_err());
+    assert!(handle.check(Duration::from_millis(500)).is_ok());
+    assert!(handle.check_ready(Duration::from_millis(500)).is_err());
     handle.shutdown();
 }
 

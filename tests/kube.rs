@@ -356,14 +356,16 @@ async fn a_hung_request_is_cut_off_by_the_caller_deadline() {
 #[tokio::test]
 async fn the_release_record_passes_validation() {
     let server = ApiServer::start().await;
-    let lock = LeaseLock::new(server.client(), NS, "rel");
-    let v = lock.create(record("baz")).await.expect("created");
+    let zeroed = LeaseLock::new(server.client(), NS, "zeroed");
+    let v = zeroed.create(record("baz")).await.expect("created");
     let mut zero = record("");
     zero.lease_duration_seconds = 0;
-    let err = lock.update(v.clone(), zero).await.expect_err("invalid");
+    let err = zeroed.update(v.clone(), zero).await.expect_err("invalid");
     assert_eq!(err.kind, LockErrorKind::Other);
     assert!(err.message.contains("must be greater than 0"), "{err}");
 
+    // The elector creates the lock, leads, and releases it on shutdown.
+    let lock = LeaseLock::new(server.client(), NS, "rel");
     let mut config = Config::new(id("baz"));
     config.release_on_cancel = true;
     let outcome = run_elector_with(config, &lock, 5, true).await;

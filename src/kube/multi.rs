@@ -282,11 +282,14 @@ mod tests {
 
     #[test]
     fn renew_already_acquired_object() {
+        // Records naming baz that this elector did not write: waited out (10 s), then taken
+        // with a higher token, and renewed past one renew deadline.
         let (p, s, m) = multi();
         p.create(record("baz")).expect("absent");
         s.create(record("baz")).expect("absent");
-        assert!(drive(&m, 6).0, "renews past one renew deadline");
-        assert_eq!(p.get().map(|r| r.value.leader_transitions), Some(0));
+        assert!(!drive(&m, 9).0, "not before the lease expired");
+        assert!(drive(&m, 16).0, "taken, then renewed");
+        assert_eq!(p.get().map(|r| r.value.leader_transitions), Some(1));
     }
 
     #[test]
@@ -312,7 +315,8 @@ mod tests {
         p.create(record("baz")).expect("absent");
         let seen = block_on(m.get()).expect("readable").expect("present");
         assert!(seen.value.is_held_by(&baz()));
-        assert!(drive(&m, 6).0, "renews, creating the secondary");
+        // Another incarnation's record: taken once it expired, creating the secondary.
+        assert!(drive(&m, 16).0, "takes it, creating the secondary");
         assert!(s.get().is_some_and(|r| r.value.is_held_by(&baz())));
     }
 

@@ -68,7 +68,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn api_version(self) -> &'static str {
+    pub fn api_version(self) -> &'static str {
         match self {
             Kind::Lease => "coordination.k8s.io/v1",
             Kind::LeaseCandidate => "coordination.k8s.io/v1beta1",
@@ -77,7 +77,7 @@ impl Kind {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Kind::Lease => "Lease",
             Kind::LeaseCandidate => "LeaseCandidate",
@@ -88,7 +88,7 @@ impl Kind {
         }
     }
 
-    fn resource(self) -> &'static str {
+    pub fn resource(self) -> &'static str {
         match self {
             Kind::Lease => "leases.coordination.k8s.io",
             Kind::LeaseCandidate => "leasecandidates.coordination.k8s.io",
@@ -141,6 +141,36 @@ struct State {
     denied: std::collections::BTreeSet<(String, String)>,
     /// `coordination.k8s.io/v1beta1` is not served (the feature gate off).
     no_coordination_beta: bool,
+    /// Who sent each request of `requests` (the bearer token is the user's name; none: admin).
+    request_users: Vec<String>,
+    /// What unprivileged users may do: (user, verb, resource). Only `alice` is unprivileged;
+    /// every other user is an administrator.
+    grants: std::collections::BTreeSet<(String, String, String)>,
+}
+
+/// The user who sent `req`: the bearer token is the name (no token: `admin`).
+fn user_of<B>(req: &Request<B>) -> String {
+    req.headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map_or_else(|| "admin".to_string(), str::to_string)
+}
+
+impl State {
+    /// Whether RBAC lets `user` use `verb` on `resource` (a plural).
+    fn allows(&self, user: &str, verb: &str, resource: &str) -> bool {
+        if self
+            .denied
+            .contains(&(verb.to_string(), resource.to_string()))
+        {
+            return false;
+        }
+        user != "alice"
+            || self
+                .grants
+                .contains(&(user.to_string(), verb.to_string(), resource.to_string()))
+    }
 }
 
 struct Shared {
@@ -259,6 +289,58 @@ impl ApiServer {
     /// A kube client for this server (call it inside a tokio runtime).
     pub fn client(&self) -> kube::Client {
         client_for(&self.url())
+    }
+
+    /// A kube client that authenticates as `user` (`alice` may do only what `grant` allows).
+    pub fn client_as(&self, user: &str) -> kube::Client {
+        let url: hyper::Uri = self.url().parse().expect("valid url");
+        let mut config = kube::Config::new(url);
+        config.default_retry = false;
+        config.auth_info.token = Some(user.to_string().into());
+        kube::Client::try_from(config).expect("client")
+    }
+
+    /// A kubeconfig for `user` with `namespace` as its default, in a temporary file.
+    pub fn kubeconfig(&self, user: &str, namespace: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "leasehold-double-{}-{}-{user}-{namespace}.kubeconfig",
+            std::process::id(),
+            self.addr.port()
+        ));
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\nusers:\n- name: {user}\n  user:\n    token: {user}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: {user}\n    namespace: {namespace}\ncurrent-context: test\n",
+            self.url()
+        );
+        std::fs::write(&path, text).expect("kubeconfig written");
+        path
+    }
+
+    /// Lets `user` use `verb` on `resource` (a plural, e.g. "leases").
+    pub fn grant(&self, user: &str, verb: &str, resource: &str) {
+        self.state()
+            .grants
+            .insert((user.to_string(), verb.to_string(), resource.to_string()));
+    }
+
+    /// The stored objects of `kind` in `namespace`.
+    pub fn objects(&self, kind: Kind, namespace: &str) -> Vec<Value> {
+        self.state()
+            .objects
+            .iter()
+            .filter(|((k, ns, _), _)| *k == kind && ns == namespace)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// The requests `user` sent, as "METHOD path?query".
+    pub fn requests_of(&self, user: &str) -> Vec<String> {
+        let st = self.state();
+        st.requests
+            .iter()
+            .zip(&st.request_users)
+            .filter(|(_, u)| *u == user)
+            .map(|(r, _)| r.clone())
+            .collect()
     }
 
     pub fn url(&self) -> String {
@@ -741,6 +823,7 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, std::io::Error> {
     let method = req.method().clone();
+    let user = user_of(&req);
     let path = req.uri().path().to_string();
     let query: BTreeMap<String, String> = req
         .uri()
@@ -756,6 +839,7 @@ async fn handle(
         let mut st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
         st.served += 1;
         st.requests.push(format!("{method} {}", req.uri()));
+        st.request_users.push(user.clone());
         let served = st.served;
         let f = &mut st.faults;
         let drop = f.drop_next > 0;
@@ -840,7 +924,7 @@ async fn handle(
         _ => "",
     };
     let plural = kind.resource().split('.').next().unwrap_or_default();
-    if st.denied.contains(&(verb.to_string(), plural.to_string())) {
+    if !st.allows(&user, verb, plural) {
         return Ok(status(
             403,
             "Forbidden",
@@ -1183,6 +1267,7 @@ async fn namespace_or_review(
                 "selfsubjectaccessreviews",
             ],
         ) => {
+            let user = user_of(&req);
             let body = req
                 .into_body()
                 .collect()
@@ -1193,12 +1278,9 @@ async fn namespace_or_review(
             let attributes = &review["spec"]["resourceAttributes"];
             let verb = attributes["verb"].as_str().unwrap_or("").to_string();
             let resource = attributes["resource"].as_str().unwrap_or("").to_string();
-            let allowed = !shared
-                .state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .denied
-                .contains(&(verb, resource));
+            let st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let allowed = st.allows(&user, &verb, &resource);
+            drop(st);
             review["status"] = json!({"allowed": allowed});
             Ok(respond(StatusCode::CREATED, &review))
         }

@@ -1,0 +1,326 @@
+//! One scenario, two API servers: the test double (`tests/apiserver`) and a real kube-apiserver
+//! (`tests/envtest`). A scenario takes a [`Backend`] and runs unchanged on both;
+//! [`on_both!`](crate::on_both) makes the two tests. What only the double can do (black holes,
+//! injected statuses) is reached through [`Backend::double`] in tests of the double alone.
+#![allow(dead_code)]
+#![allow(clippy::disallowed_methods)] // tests read clocks
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::apiserver::{ApiServer, Kind};
+use crate::envtest::{ControlPlane, LogsOnFailure};
+
+/// Runs each scenario `async fn NAME(backend: &Backend)` as two tests, `NAME::double` and
+/// `NAME::real` (skipped, with a note on stderr, without `KUBEBUILDER_ASSETS`).
+#[macro_export]
+macro_rules! on_both {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn double() {
+                let backend = $crate::backend::Backend::double(stringify!($scenario)).await;
+                super::$scenario(&backend).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn real() {
+                let Some(backend) = $crate::backend::Backend::real(stringify!($scenario)).await else {
+                    return;
+                };
+                super::$scenario(&backend).await;
+            }
+        }
+    )*};
+}
+
+/// An API server to run a scenario against, with a namespace of the scenario's own.
+pub struct Backend {
+    namespace: String,
+    server: Server,
+}
+
+enum Server {
+    Double(ApiServer),
+    Real {
+        plane: &'static ControlPlane,
+        _logs: LogsOnFailure,
+    },
+}
+
+impl Backend {
+    /// The test double, started for this test.
+    pub async fn double(test: &str) -> Backend {
+        Backend {
+            namespace: format!("{}-ns", test.replace('_', "-"))
+                .chars()
+                .take(60)
+                .collect(),
+            server: Server::Double(ApiServer::start().await),
+        }
+    }
+
+    /// The real API server of this test binary, with a fresh namespace; `None` when it is not
+    /// available (see `envtest::control_plane`).
+    pub async fn real(test: &str) -> Option<Backend> {
+        let plane = crate::envtest::control_plane(test)?;
+        let namespace = plane.namespace(test).await;
+        Some(Backend {
+            namespace,
+            server: Server::Real {
+                plane,
+                _logs: plane.logs_on_failure(),
+            },
+        })
+    }
+
+    /// `double` or `real`, for messages.
+    pub fn name(&self) -> &'static str {
+        match self.server {
+            Server::Double(_) => "double",
+            Server::Real { .. } => "real",
+        }
+    }
+
+    /// The test double, when this is it.
+    pub fn double_server(&self) -> Option<&ApiServer> {
+        match &self.server {
+            Server::Double(server) => Some(server),
+            Server::Real { .. } => None,
+        }
+    }
+
+    /// The real control plane, when this is it.
+    pub fn plane(&self) -> Option<&'static ControlPlane> {
+        match &self.server {
+            Server::Real { plane, .. } => Some(plane),
+            Server::Double(_) => None,
+        }
+    }
+
+    /// The scenario's namespace.
+    pub fn ns(&self) -> &str {
+        &self.namespace
+    }
+
+    /// An administrator's client.
+    pub async fn client(&self) -> kube::Client {
+        self.client_as("admin").await
+    }
+
+    /// A client for `user`: `admin`, `alice` (who may do only what [`Backend::grant`] gives
+    /// her), or `cand-0` to `cand-15` (administrators whose requests are counted apart).
+    pub async fn client_as(&self, user: &str) -> kube::Client {
+        match &self.server {
+            Server::Double(server) => server.client_as(user),
+            Server::Real { plane, .. } => plane.client_in(user, &self.namespace).await,
+        }
+    }
+
+    /// A kubeconfig for `user`, with the scenario's namespace as its default.
+    pub fn kubeconfig(&self, user: &str) -> PathBuf {
+        match &self.server {
+            Server::Double(server) => server.kubeconfig(user, &self.namespace),
+            Server::Real { plane, .. } => plane.kubeconfig(user, &self.namespace),
+        }
+    }
+
+    /// Lets `alice` use `verbs` on `resource` (a plural, e.g. `leases`) of `group` in the
+    /// scenario's namespace, and waits until the grant is in force.
+    pub async fn grant(&self, group: &str, resource: &str, verbs: &[&str]) {
+        match &self.server {
+            Server::Double(server) => {
+                for verb in verbs {
+                    server.grant("alice", verb, resource);
+                }
+            }
+            Server::Real { .. } => {
+                let name = format!("alice-{resource}-{}", verbs.join("-"));
+                let role = json!({
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "Role",
+                    "metadata": {"name": name, "namespace": self.namespace},
+                    "rules": [{"apiGroups": [group], "resources": [resource], "verbs": verbs}],
+                });
+                let binding = json!({
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "RoleBinding",
+                    "metadata": {"name": name, "namespace": self.namespace},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                    "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}],
+                });
+                let base = format!(
+                    "/apis/rbac.authorization.k8s.io/v1/namespaces/{}",
+                    self.namespace
+                );
+                self.raw("POST", &format!("{base}/roles"), Some(role)).await;
+                self.raw("POST", &format!("{base}/rolebindings"), Some(binding))
+                    .await;
+                // RBAC is served from a cache: wait until alice's reviews say yes.
+                let alice = self.client_as("alice").await;
+                for verb in verbs {
+                    let start = std::time::Instant::now();
+                    while !allowed(&alice, &self.namespace, group, resource, verb).await {
+                        assert!(
+                            start.elapsed() < Duration::from_secs(10),
+                            "the grant took effect"
+                        );
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A namespace that does not exist.
+    pub async fn missing_namespace(&self) -> String {
+        let name = format!("{}-gone", self.namespace);
+        if let Server::Double(server) = &self.server {
+            server.remove_namespace(&name);
+        }
+        name
+    }
+
+    /// The object as the server stores it (`None` if absent).
+    pub async fn object(&self, kind: Kind, name: &str) -> Option<Value> {
+        match &self.server {
+            Server::Double(server) => server.object(kind, &self.namespace, name),
+            Server::Real { .. } => {
+                let (code, body) = self
+                    .raw("GET", &path(kind, &self.namespace, Some(name)), None)
+                    .await;
+                (code == 200).then_some(body)
+            }
+        }
+    }
+
+    /// Writes the object as an administrator would (`kubectl replace`): created if absent,
+    /// replaced whole (no version check) otherwise.
+    pub async fn put_raw(&self, kind: Kind, name: &str, mut object: Value) {
+        match &self.server {
+            Server::Double(server) => server.put_raw(kind, &self.namespace, name, object),
+            Server::Real { .. } => {
+                object["apiVersion"] = json!(kind.api_version());
+                object["kind"] = json!(kind.name());
+                object["metadata"]["name"] = json!(name);
+                object["metadata"]["namespace"] = json!(self.namespace);
+                if let Some(current) = self.object(kind, name).await {
+                    object["metadata"]["resourceVersion"] =
+                        current["metadata"]["resourceVersion"].clone();
+                    let (code, body) = self
+                        .raw(
+                            "PUT",
+                            &path(kind, &self.namespace, Some(name)),
+                            Some(object),
+                        )
+                        .await;
+                    assert_eq!(code, 200, "replacing {name}: {body}");
+                } else {
+                    let (code, body) = self
+                        .raw("POST", &path(kind, &self.namespace, None), Some(object))
+                        .await;
+                    assert_eq!(code, 201, "creating {name}: {body}");
+                }
+            }
+        }
+    }
+
+    /// Deletes the object, as an administrator might.
+    pub async fn delete(&self, kind: Kind, name: &str) {
+        match &self.server {
+            Server::Double(server) => server.delete(kind, &self.namespace, name),
+            Server::Real { .. } => {
+                self.raw("DELETE", &path(kind, &self.namespace, Some(name)), None)
+                    .await;
+            }
+        }
+    }
+
+    /// `count` writes by another tool, each changing an annotation (and the version).
+    pub async fn foreign_writes(&self, kind: Kind, name: &str, count: u32) {
+        for i in 0..count {
+            let Some(mut object) = self.object(kind, name).await else {
+                return;
+            };
+            object["metadata"]["annotations"]["example.com/foreign-writer"] = json!(i.to_string());
+            self.put_raw(kind, name, object).await;
+        }
+    }
+
+    /// The `events.k8s.io/v1` events in the scenario's namespace.
+    pub async fn events(&self) -> Vec<Value> {
+        match &self.server {
+            Server::Double(server) => server.objects(Kind::Event, &self.namespace),
+            Server::Real { .. } => {
+                let (_, list) = self
+                    .raw("GET", &path(Kind::Event, &self.namespace, None), None)
+                    .await;
+                list["items"].as_array().cloned().unwrap_or_default()
+            }
+        }
+    }
+
+    /// A raw request as an administrator: status code and JSON body (`Null` if none).
+    pub async fn raw(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let client = self.client().await;
+        let request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(body.map(|b| b.to_string().into_bytes()).unwrap_or_default())
+            .expect("a valid request");
+        let response = client
+            .send(request.map(Into::into))
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let code = response.status().as_u16();
+        let bytes = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        (code, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+}
+
+/// Whether a SelfSubjectAccessReview of `client` allows `verb` on `resource`.
+async fn allowed(client: &kube::Client, ns: &str, group: &str, resource: &str, verb: &str) -> bool {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let api: kube::Api<SelfSubjectAccessReview> = kube::Api::all(client.clone());
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                namespace: Some(ns.to_string()),
+                verb: Some(verb.to_string()),
+                group: Some(group.to_string()),
+                resource: Some(resource.to_string()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    api.create(&Default::default(), &review)
+        .await
+        .ok()
+        .and_then(|r| r.status)
+        .is_some_and(|s| s.allowed)
+}
+
+/// The API path of `kind` objects in `ns` (and of `name`).
+pub fn path(kind: Kind, ns: &str, name: Option<&str>) -> String {
+    let version = kind.api_version();
+    let base = if version.contains('/') {
+        format!("/apis/{version}")
+    } else {
+        format!("/api/{version}")
+    };
+    let plural = kind.resource().split('.').next().unwrap_or_default();
+    match name {
+        Some(name) => format!("{base}/namespaces/{ns}/{plural}/{name}"),
+        None => format!("{base}/namespaces/{ns}/{plural}"),
+    }
+}

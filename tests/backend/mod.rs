@@ -324,3 +324,50 @@ pub fn path(kind: Kind, ns: &str, name: Option<&str>) -> String {
         None => format!("{base}/namespaces/{ns}/{plural}"),
     }
 }
+
+impl Backend {
+    /// The requests `user` sent, as (Kubernetes verb, request URI), in order.
+    pub async fn requests_of(&self, user: &str) -> Vec<(String, String)> {
+        match &self.server {
+            Server::Double(server) => server
+                .requests_of(user)
+                .into_iter()
+                .map(|r| {
+                    let (method, uri) = r.split_once(' ').unwrap_or((&r, ""));
+                    let path = uri.split('?').next().unwrap_or_default();
+                    // .../namespaces/NS/RESOURCE[/NAME]
+                    let segments: Vec<&str> = path.split('/').collect();
+                    let named = segments
+                        .iter()
+                        .position(|s| *s == "namespaces")
+                        .is_some_and(|i| segments.len() > i + 3);
+                    let verb = match method {
+                        "GET" if uri.contains("watch=true") || uri.contains("watch=1") => "watch",
+                        "GET" if named => "get",
+                        "GET" => "list",
+                        "POST" => "create",
+                        "PUT" => "update",
+                        "PATCH" => "patch",
+                        "DELETE" => "delete",
+                        other => other,
+                    };
+                    (verb.to_string(), uri.to_string())
+                })
+                .collect(),
+            Server::Real { plane, .. } => {
+                // The audit log is written as responses complete: let the last ones land.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                plane
+                    .requests_of(user)
+                    .into_iter()
+                    .map(|e| {
+                        (
+                            e["verb"].as_str().unwrap_or_default().to_string(),
+                            e["requestURI"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect()
+            }
+        }
+    }
+}

@@ -1,11 +1,15 @@
-//! The `leasehold` command, built as a real binary and pointed by a kubeconfig at the Lease API
-//! test server: mutual exclusion of the guarded command across a graceful handover, a crash
-//! of the leading process and a hung API server; exit codes; the HTTP endpoints; `status`;
-//! usage errors.
+//! The `leasehold` command, built as a real binary and pointed by a kubeconfig at an API
+//! server: the test double and a real kube-apiserver (`cli_on_both!`), or the double alone for
+//! what does not depend on the server (usage, signals, the terminal, PID 1, connections) or
+//! needs its faults. Mutual exclusion of the guarded command across a graceful handover, a
+//! crash of the leading process, a paused wrapper and a hung API server; exit codes; the HTTP
+//! endpoints; `status`; usage errors.
 #![cfg(feature = "cli")]
 #![allow(clippy::disallowed_methods)] // these tests read the real clock and spawn processes
 
 mod apiserver;
+mod backend;
+mod envtest;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -14,38 +18,110 @@ use std::process::{Child, Command, Output, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use apiserver::{ApiServer, Kind};
+use apiserver::Kind;
+use backend::Backend;
 
 const BIN: &str = env!("CARGO_BIN_EXE_leasehold");
 
-/// The test server on a runtime of its own, and a kubeconfig pointing at it.
+/// Runs each scenario `fn NAME(cluster: &Cluster)` on the double and on the real server
+/// (`exclusive:` ones pause the server, and run alone on the real one).
+macro_rules! cli_on_both {
+    (exclusive: $($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[test]
+            fn double() {
+                super::$scenario(&super::Cluster::double(stringify!($scenario)));
+            }
+
+            #[test]
+            fn real() {
+                if let Some(cluster) = super::Cluster::real(stringify!($scenario), true) {
+                    super::$scenario(&cluster);
+                }
+            }
+        }
+    )*};
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[test]
+            fn double() {
+                super::$scenario(&super::Cluster::double(stringify!($scenario)));
+            }
+
+            #[test]
+            fn real() {
+                if let Some(cluster) = super::Cluster::real(stringify!($scenario), false) {
+                    super::$scenario(&cluster);
+                }
+            }
+        }
+    )*};
+}
+
+/// Runs each scenario on the double alone.
+macro_rules! cli_on_double {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[test]
+            fn double() {
+                super::$scenario(&super::Cluster::double(stringify!($scenario)));
+            }
+        }
+    )*};
+}
+
+/// An API server (double or real) with a runtime for its client calls, a namespace, a
+/// kubeconfig pointing at both, and a scratch directory.
 struct Cluster {
-    server: ApiServer,
+    backend: Backend,
     dir: PathBuf,
-    _runtime: tokio::runtime::Runtime,
+    kubeconfig: PathBuf,
+    runtime: tokio::runtime::Runtime,
 }
 
 impl Cluster {
-    fn start(test: &str) -> Cluster {
+    fn double(test: &str) -> Cluster {
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
-        let server = runtime.block_on(ApiServer::start());
-        let dir = std::env::temp_dir().join(format!("leasehold-cli-{test}-{}", std::process::id()));
+        let backend = runtime.block_on(Backend::double(test));
+        Cluster::with(test, backend, runtime)
+    }
+
+    fn real(test: &str, exclusive: bool) -> Option<Cluster> {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let backend = runtime.block_on(async {
+            if exclusive {
+                Backend::real_exclusive(test).await
+            } else {
+                Backend::real(test).await
+            }
+        })?;
+        Some(Cluster::with(test, backend, runtime))
+    }
+
+    fn with(test: &str, backend: Backend, runtime: tokio::runtime::Runtime) -> Cluster {
+        let dir = std::env::temp_dir().join(format!(
+            "leasehold-cli-{test}-{}-{}",
+            backend.name(),
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let kubeconfig = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\nusers:\n- name: test\n  user: {{}}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n    namespace: default\ncurrent-context: test\n",
-            server.url()
-        );
-        std::fs::write(dir.join("kubeconfig"), kubeconfig).expect("kubeconfig");
+        let kubeconfig = backend.kubeconfig("admin");
         Cluster {
-            server,
+            backend,
             dir,
-            _runtime: runtime,
+            kubeconfig,
+            runtime,
         }
     }
 
     fn kubeconfig(&self) -> PathBuf {
-        self.dir.join("kubeconfig")
+        self.kubeconfig.clone()
+    }
+
+    /// The namespace every command uses by default.
+    fn ns(&self) -> &str {
+        self.backend.ns()
     }
 
     /// `leasehold ARGS` with this cluster's kubeconfig and fast timings where they apply.
@@ -70,15 +146,29 @@ impl Cluster {
             .expect("leasehold starts")
     }
 
+    fn object(&self, kind: Kind, name: &str) -> Option<serde_json::Value> {
+        self.runtime.block_on(self.backend.object(kind, name))
+    }
+
+    fn put_raw(&self, kind: Kind, name: &str, object: serde_json::Value) {
+        self.runtime
+            .block_on(self.backend.put_raw(kind, name, object));
+    }
+
+    fn hang(&self, on: bool) {
+        self.backend.hang(on);
+    }
+
     fn holder(&self, lease: &str) -> Option<String> {
-        self.server
-            .object(Kind::Lease, "default", lease)
+        self.object(Kind::Lease, lease)
             .and_then(|o| o["spec"]["holderIdentity"].as_str().map(String::from))
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // A paused server must not outlive a failed test.
+        self.backend.hang(false);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -188,9 +278,7 @@ fn signal(child: &Child, signal: &str) {
     assert!(status.success());
 }
 
-#[test]
-fn the_command_never_runs_twice_across_handover_and_crash() {
-    let cluster = Cluster::start("exclusion");
+fn the_command_never_runs_twice_across_handover_and_crash(cluster: &Cluster) {
     let file = cluster.dir.join("stamps");
     let mut a = run_stamping(&cluster, "a", &file);
     let mut b = run_stamping(&cluster, "b", &file);
@@ -235,9 +323,7 @@ fn the_command_never_runs_twice_across_handover_and_crash() {
     assert_never_together(&file);
 }
 
-#[test]
-fn a_hung_api_server_gets_the_command_killed_by_the_end_of_the_term() {
-    let cluster = Cluster::start("hang");
+fn a_hung_api_server_gets_the_command_killed_by_the_end_of_the_term(cluster: &Cluster) {
     let file = cluster.dir.join("stamps");
     let mut a = run_stamping(&cluster, "a", &file);
     wait_for("a leader", Duration::from_secs(10), || {
@@ -245,7 +331,7 @@ fn a_hung_api_server_gets_the_command_killed_by_the_end_of_the_term() {
     });
     sleep(Duration::from_millis(300));
     let hung = now_nanos();
-    cluster.server.hang(true);
+    cluster.hang(true);
     // The last renewal was issued at most a retry period before the hang: the term ends
     // within the renew deadline (1.5 s) of it, and the command is dead by then.
     sleep(Duration::from_secs(3));
@@ -254,14 +340,16 @@ fn a_hung_api_server_gets_the_command_killed_by_the_end_of_the_term() {
         .filter(|(_, t)| *t > hung + 1_600_000_000)
         .collect();
     assert!(late.is_empty(), "stamps after the term: {late:?}");
-    cluster.server.hang(false);
+    cluster.hang(false);
     signal(&a, "TERM");
     let _ = a.wait();
 }
 
-#[test]
-fn exit_codes_and_release() {
-    let cluster = Cluster::start("exit");
+fn exit_codes_and_release(cluster: &Cluster) {
+    let check_lease = format!(
+        "test \"$LEASEHOLD_LEASE\" = {}/once && exit 7",
+        cluster.ns()
+    );
     let mut args = vec![
         "run",
         "--lease",
@@ -272,12 +360,7 @@ fn exit_codes_and_release() {
         "500ms",
     ];
     args.extend(FAST);
-    args.extend([
-        "--",
-        "sh",
-        "-c",
-        "test \"$LEASEHOLD_LEASE\" = default/once && exit 7",
-    ]);
+    args.extend(["--", "sh", "-c", &check_lease]);
     let out = cluster.command(&args).output().expect("runs");
     assert_eq!(
         out.status.code(),
@@ -308,9 +391,7 @@ fn exit_codes_and_release() {
     assert_eq!(cluster.holder("kept").as_deref(), Some("a"));
 }
 
-#[test]
-fn usage_errors_exit_2_with_a_clear_message() {
-    let cluster = Cluster::start("usage");
+fn usage_errors_exit_2_with_a_clear_message(cluster: &Cluster) {
     let cases: [(&[&str], &str); 5] = [
         (&["run", "--", "true"], "--lease"),
         (&["run", "--lease", "x"], "COMMAND"),
@@ -350,23 +431,29 @@ fn usage_errors_exit_2_with_a_clear_message() {
     }
 }
 
-#[test]
-fn a_missing_namespace_or_permission_is_named_with_the_role_needed() {
-    let cluster = Cluster::start("rbac");
-    cluster.server.remove_namespace("gone");
+fn a_missing_namespace_or_permission_is_named_with_the_role_needed(cluster: &Cluster) {
+    let gone = cluster
+        .runtime
+        .block_on(cluster.backend.missing_namespace());
     let out = cluster
-        .command(&["run", "--lease", "x", "--namespace", "gone", "--", "true"])
+        .command(&["run", "--lease", "x", "--namespace", &gone, "--", "true"])
         .output()
         .expect("runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("namespace \"gone\" does not exist"),
+        stderr.contains(&format!("namespace \"{gone}\" does not exist")),
         "{stderr}"
     );
-    cluster.server.deny("update", "leases");
+    // The unprivileged user, granted all but update.
+    cluster.runtime.block_on(cluster.backend.grant(
+        "coordination.k8s.io",
+        "leases",
+        &["get", "create"],
+    ));
     let out = cluster
         .command(&["run", "--lease", "x", "--", "true"])
+        .env("KUBECONFIG", cluster.backend.kubeconfig("alice"))
         .output()
         .expect("runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -375,9 +462,7 @@ fn a_missing_namespace_or_permission_is_named_with_the_role_needed() {
     assert!(stderr.contains("kind: Role"), "{stderr}");
 }
 
-#[test]
-fn status_shows_the_lock() {
-    let cluster = Cluster::start("status");
+fn status_shows_the_lock(cluster: &Cluster) {
     let out = cluster
         .command(&["status", "--lease", "shown"])
         .output()
@@ -428,6 +513,14 @@ fn get(port: u16, path: &str) -> (u16, String) {
     (code, body)
 }
 
+/// A pod, as small as the real server accepts.
+fn pod(labels: serde_json::Value, annotations: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {"labels": labels, "annotations": annotations},
+        "spec": {"containers": [{"name": "app", "image": "registry.example.com/app"}]},
+    })
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -435,9 +528,7 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-#[test]
-fn the_sidecar_serves_leader_health_readiness_metrics_and_a_status_file() {
-    let cluster = Cluster::start("serve");
+fn the_sidecar_serves_leader_health_readiness_metrics_and_a_status_file(cluster: &Cluster) {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let status_file = cluster.dir.join("leader");
@@ -464,11 +555,17 @@ fn the_sidecar_serves_leader_health_readiness_metrics_and_a_status_file() {
     let (code, metrics) = get(port, "/metrics");
     assert_eq!(code, 200);
     assert!(
-        metrics.contains("leader_election_master_status{name=\"default/side\"} 1"),
+        metrics.contains(&format!(
+            "leader_election_master_status{{name=\"{}/side\"}} 1",
+            cluster.ns()
+        )),
         "{metrics}"
     );
     assert!(
-        metrics.contains("leader_election_slowpath_total{name=\"default/side\"}"),
+        metrics.contains(&format!(
+            "leader_election_slowpath_total{{name=\"{}/side\"}}",
+            cluster.ns()
+        )),
         "{metrics}"
     );
     assert_eq!(
@@ -483,18 +580,14 @@ fn the_sidecar_serves_leader_health_readiness_metrics_and_a_status_file() {
     assert_eq!(cluster.holder("side").as_deref(), Some(""), "released");
 }
 
-#[test]
-fn the_sidecar_labels_its_pod_while_it_leads() {
-    let cluster = Cluster::start("label");
-    cluster.server.put_raw(
+fn the_sidecar_labels_its_pod_while_it_leads(cluster: &Cluster) {
+    cluster.put_raw(
         Kind::Pod,
-        "default",
         "side-0",
-        serde_json::json!({"metadata": {"labels": {"app": "side"}}}),
+        pod(serde_json::json!({"app": "side"}), serde_json::json!({})),
     );
     let label = |c: &Cluster| {
-        c.server
-            .object(Kind::Pod, "default", "side-0")
+        c.object(Kind::Pod, "side-0")
             .map(|p| p["metadata"]["labels"].clone())
             .unwrap_or_default()
     };
@@ -505,7 +598,7 @@ fn the_sidecar_labels_its_pod_while_it_leads() {
     let mut serve = cluster
         .command(&args)
         .env("POD_NAME", "side-0")
-        .env("POD_NAMESPACE", "default")
+        .env("POD_NAMESPACE", cluster.ns())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -526,9 +619,7 @@ fn the_sidecar_labels_its_pod_while_it_leads() {
     assert!(labels.get("leasehold.dev/leader").is_none(), "removed");
 }
 
-#[test]
-fn restart_runs_the_command_again_while_leading() {
-    let cluster = Cluster::start("restart");
+fn restart_runs_the_command_again_while_leading(cluster: &Cluster) {
     let file = cluster.dir.join("runs");
     let script = format!("echo run >> {}; sleep 0.1", file.display());
     let mut args = vec![
@@ -552,9 +643,7 @@ fn restart_runs_the_command_again_while_leading() {
     assert_eq!(cluster.holder("again").as_deref(), Some(""), "released");
 }
 
-#[test]
-fn a_command_that_ignores_sigterm_is_killed_at_the_deadline() {
-    let cluster = Cluster::start("stubborn");
+fn a_command_that_ignores_sigterm_is_killed_at_the_deadline(cluster: &Cluster) {
     let file = cluster.dir.join("stamps");
     let script = format!(
         "trap '' TERM; while true; do echo \"s $(date +%s%N)\" >> {}; sleep 0.02; done",
@@ -591,9 +680,7 @@ fn a_command_that_ignores_sigterm_is_killed_at_the_deadline() {
     assert!(late.is_empty(), "SIGKILLed by leasehold's exit: {late:?}");
 }
 
-#[test]
-fn help_exits_0_and_a_grace_longer_than_the_term_is_a_usage_error() {
-    let cluster = Cluster::start("help");
+fn help_exits_0_and_a_grace_longer_than_the_term_is_a_usage_error(cluster: &Cluster) {
     let out = cluster.command(&["run", "--help"]).output().expect("runs");
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("--grace"));
@@ -612,9 +699,7 @@ fn help_exits_0_and_a_grace_longer_than_the_term_is_a_usage_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--grace"));
 }
 
-#[test]
-fn a_stale_status_file_is_cleared_by_a_follower() {
-    let cluster = Cluster::start("stale");
+fn a_stale_status_file_is_cleared_by_a_follower(cluster: &Cluster) {
     // Someone else holds the lock for a long lease.
     let mut args = vec![
         "run",
@@ -748,9 +833,7 @@ fn leader_stamping_after(file: &Path, after: u128) -> Option<(String, u64)> {
         .map(|s| (s.0, s.2))
 }
 
-#[test]
-fn a_paused_leasehold_cannot_keep_its_command_running() {
-    let cluster = Cluster::start("paused");
+fn a_paused_leasehold_cannot_keep_its_command_running(cluster: &Cluster) {
     let (file, starts) = (cluster.dir.join("stamps"), cluster.dir.join("starts"));
     let mut a = cluster.spawn(&strs(&run_args("a", "p", stamper_counting(&file, &starts))));
     wait_for("a leads", Duration::from_secs(10), || {
@@ -778,9 +861,7 @@ fn a_paused_leasehold_cannot_keep_its_command_running() {
     assert_one_runner_at_a_time(&file);
 }
 
-#[test]
-fn a_blocked_log_pipe_does_not_keep_the_command_running() {
-    let cluster = Cluster::start("logpipe");
+fn a_blocked_log_pipe_does_not_keep_the_command_running(cluster: &Cluster) {
     let file = cluster.dir.join("stamps");
     // The command fills leasehold's stderr pipe (which nobody reads), then stamps.
     let script = format!(
@@ -801,21 +882,19 @@ fn a_blocked_log_pipe_does_not_keep_the_command_running() {
     });
     sleep(Duration::from_millis(500));
     let hung = now_nanos();
-    cluster.server.hang(true);
+    cluster.hang(true);
     sleep(Duration::from_secs(3));
     let late: Vec<_> = full_stamps(&file)
         .into_iter()
         .filter(|s| s.1 > hung + 1_600_000_000)
         .collect();
     assert!(late.is_empty(), "stamps after the term: {late:?}");
-    cluster.server.hang(false);
+    cluster.hang(false);
     let _ = a.kill();
     let _ = a.wait();
 }
 
-#[test]
-fn a_daemonizing_command_is_killed_with_everything_it_started() {
-    let cluster = Cluster::start("daemon");
+fn a_daemonizing_command_is_killed_with_everything_it_started(cluster: &Cluster) {
     let file = cluster.dir.join("stamps");
     let daemon = format!(
         "while true; do echo \"d $(date +%s%N)\" >> {}; sleep 0.02; done",
@@ -846,9 +925,7 @@ fn a_daemonizing_command_is_killed_with_everything_it_started() {
     }
 }
 
-#[test]
-fn a_restarted_wrapper_waits_for_its_old_lease_and_its_token_rises() {
-    let cluster = Cluster::start("restarted");
+fn a_restarted_wrapper_waits_for_its_old_lease_and_its_token_rises(cluster: &Cluster) {
     let (file, starts) = (cluster.dir.join("stamps"), cluster.dir.join("starts"));
     let args = run_args("a", "r", stamper_counting(&file, &starts));
     let mut first = cluster.spawn(&strs(&args));
@@ -878,9 +955,7 @@ fn a_restarted_wrapper_waits_for_its_old_lease_and_its_token_rises() {
     assert_one_runner_at_a_time(&file);
 }
 
-#[test]
-fn an_edit_naming_a_follower_does_not_start_it_at_once() {
-    let cluster = Cluster::start("edited");
+fn an_edit_naming_a_follower_does_not_start_it_at_once(cluster: &Cluster) {
     let (file, starts) = (cluster.dir.join("stamps"), cluster.dir.join("starts"));
     let mut a = cluster.spawn(&strs(&run_args("a", "e", stamper_counting(&file, &starts))));
     wait_for("a leads", Duration::from_secs(10), || {
@@ -889,13 +964,10 @@ fn an_edit_naming_a_follower_does_not_start_it_at_once() {
     let mut b = cluster.spawn(&strs(&run_args("b", "e", stamper_counting(&file, &starts))));
     sleep(Duration::from_millis(500));
     let (_, token) = leader_stamping_after(&file, 0).expect("stamps");
-    let mut lease = cluster
-        .server
-        .object(Kind::Lease, "default", "e")
-        .expect("the lease");
+    let mut lease = cluster.object(Kind::Lease, "e").expect("the lease");
     lease["spec"]["holderIdentity"] = "b".into();
     let edited = now_nanos();
-    cluster.server.put_raw(Kind::Lease, "default", "e", lease);
+    cluster.put_raw(Kind::Lease, "e", lease);
     // a sees the lock taken and stops; nobody starts a term on the edited record before its
     // lease has run out (b did not write it; a no longer holds it), and the next term's
     // token is above a's.
@@ -918,9 +990,7 @@ fn an_edit_naming_a_follower_does_not_start_it_at_once() {
     assert_one_runner_at_a_time(&file);
 }
 
-#[test]
-fn two_wrappers_with_one_identity_never_both_run_and_one_says_why() {
-    let cluster = Cluster::start("twins");
+fn two_wrappers_with_one_identity_never_both_run_and_one_says_why(cluster: &Cluster) {
     let (file, starts) = (cluster.dir.join("stamps"), cluster.dir.join("starts"));
     let args = run_args("x", "t", stamper_counting(&file, &starts));
     let spawn = || {
@@ -972,9 +1042,7 @@ fn two_wrappers_with_one_identity_never_both_run_and_one_says_why() {
     assert_one_runner_at_a_time(&file);
 }
 
-#[test]
-fn no_command_starts_between_the_early_stop_and_a_renewal() {
-    let cluster = Cluster::start("storm");
+fn no_command_starts_between_the_early_stop_and_a_renewal(cluster: &Cluster) {
     let (file, starts) = (cluster.dir.join("stamps"), cluster.dir.join("starts"));
     let mut a = cluster.spawn(&strs(&run_args("a", "s", stamper_counting(&file, &starts))));
     wait_for("a leads", Duration::from_secs(10), || {
@@ -989,10 +1057,10 @@ fn no_command_starts_between_the_early_stop_and_a_renewal() {
     assert_eq!(count(), 1);
     // No renewal: the command is stopped a grace period before the term ends, and must not be
     // started again until a renewal moves the end on.
-    cluster.server.hang(true);
+    cluster.hang(true);
     sleep(Duration::from_secs(3));
     assert_eq!(count(), 1, "started again without a renewal");
-    cluster.server.hang(false);
+    cluster.hang(false);
     wait_for("leading again", Duration::from_secs(10), || count() == 2);
     sleep(Duration::from_millis(500));
     assert_eq!(count(), 2);
@@ -1026,9 +1094,7 @@ fn a_grace_period_that_would_stop_a_healthy_leader_is_a_usage_error() {
     assert_ne!(out.status.code(), Some(2), "accepted: {stderr}");
 }
 
-#[test]
-fn the_command_gets_default_signal_dispositions_and_the_terminal() {
-    let cluster = Cluster::start("signals");
+fn the_command_gets_default_signal_dispositions_and_the_terminal(cluster: &Cluster) {
     let status = cluster.dir.join("status");
     let script = format!("cat /proc/self/status > {}", status.display());
     let args = run_args("a", "sig", vec!["sh".into(), "-c".into(), script]);
@@ -1079,14 +1145,12 @@ fn the_command_gets_default_signal_dispositions_and_the_terminal() {
 /// As PID 1 of a PID namespace (a container's entrypoint), leasehold reaps orphans that are
 /// re-parented to it (processes that `kubectl exec` left behind), and the command's own
 /// orphans are reaped by its guard.
-#[test]
-fn as_pid_1_orphans_are_reaped() {
+fn as_pid_1_orphans_are_reaped(cluster: &Cluster) {
     let uid = Command::new("id").arg("-u").output().expect("id runs");
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
         eprintln!("skipped: a PID namespace needs root (unshare --pid)");
         return;
     }
-    let cluster = Cluster::start("pid1");
     let script = "for i in $(seq 50); do (sleep 0.1 &); done; sleep 60";
     let mut args: Vec<String> = vec![
         "--pid".into(),
@@ -1211,9 +1275,7 @@ fn head(port: u16, path: &str) -> (u16, String) {
 
 /// /healthz is liveness with client-go's meaning: a follower cut off from the API server stays
 /// alive (a restart would not help); /readyz is the stricter readiness. HEAD is answered.
-#[test]
-fn healthz_is_liveness_and_readyz_is_stricter() {
-    let cluster = Cluster::start("probes");
+fn healthz_is_liveness_and_readyz_is_stricter(cluster: &Cluster) {
     let (pa, pb) = (free_port(), free_port());
     let (aa, ab) = (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}"));
     let mut a = cluster.spawn(&serve_args("a", "probes", &aa));
@@ -1226,7 +1288,7 @@ fn healthz_is_liveness_and_readyz_is_stricter() {
     });
     assert_eq!(head(pb, "/healthz"), (200, String::new()));
     assert_eq!(get(pb, "/readyz").0, 200);
-    cluster.server.hang(true);
+    cluster.hang(true);
     // Past the lease (2 s) and the tolerance (1 s) without an answer.
     sleep(Duration::from_secs(4));
     assert_eq!(get(pb, "/healthz").0, 200, "a follower cut off stays alive");
@@ -1236,7 +1298,7 @@ fn healthz_is_liveness_and_readyz_is_stricter() {
     // The leader could not renew: its record is older than the lease plus the tolerance.
     let (code, body) = get(pa, "/healthz");
     assert_eq!(code, 500, "{body}");
-    cluster.server.hang(false);
+    cluster.hang(false);
     signal(&a, "KILL");
     signal(&b, "KILL");
     let _ = (a.wait(), b.wait());
@@ -1244,17 +1306,15 @@ fn healthz_is_liveness_and_readyz_is_stricter() {
 
 /// A sidecar (re)started while the API server does not answer waits for it instead of exiting
 /// in its preflight (which would crash-loop every replica through an outage).
-#[test]
-fn a_sidecar_started_during_an_outage_waits_for_the_server() {
-    let cluster = Cluster::start("outage");
-    cluster.server.hang(true);
+fn a_sidecar_started_during_an_outage_waits_for_the_server(cluster: &Cluster) {
+    cluster.hang(true);
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut serve = cluster.spawn(&serve_args("a", "outage", &addr));
     sleep(Duration::from_secs(7));
     assert!(serve.try_wait().expect("waits").is_none(), "still running");
     assert_eq!(get(port, "/healthz").0, 200);
-    cluster.server.hang(false);
+    cluster.hang(false);
     wait_for("it leads", Duration::from_secs(15), || {
         get(port, "/").1.contains("\"a\"")
     });
@@ -1263,9 +1323,7 @@ fn a_sidecar_started_during_an_outage_waits_for_the_server() {
 }
 
 /// Idle connections cannot starve the probes: a new connection closes the oldest.
-#[test]
-fn idle_connections_do_not_starve_the_probes() {
-    let cluster = Cluster::start("idle");
+fn idle_connections_do_not_starve_the_probes(cluster: &Cluster) {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut serve = cluster.spawn(&serve_args("a", "idle", &addr));
@@ -1296,44 +1354,34 @@ fn idle_connections_do_not_starve_the_probes() {
 /// `--label-pod` keeps the label matching the state: a failed change is retried, and a leader
 /// removes the label from other pods of its lock that still carry it (but not from pods of
 /// other locks).
-#[test]
-fn the_pod_label_is_reconciled_and_a_leader_clears_stale_ones() {
-    let cluster = Cluster::start("labels");
-    let pod = |labels: serde_json::Value, lease: &str| {
-        serde_json::json!({"metadata": {
-            "labels": labels,
-            "annotations": {"leasehold.dev/lease": lease},
-        }})
-    };
-    cluster.server.put_raw(
+fn the_pod_label_is_reconciled_and_a_leader_clears_stale_ones(cluster: &Cluster) {
+    let ns = cluster.ns();
+    let lease = |name: &str| serde_json::json!({"leasehold.dev/lease": format!("{ns}/{name}")});
+    cluster.put_raw(
         Kind::Pod,
-        "default",
         "side-0",
-        pod(serde_json::json!({"app": "side"}), "default/lbl"),
+        pod(serde_json::json!({"app": "side"}), lease("lbl")),
     );
     // A pod that led before a partition, and a pod of another election.
-    cluster.server.put_raw(
+    cluster.put_raw(
         Kind::Pod,
-        "default",
         "side-old",
         pod(
             serde_json::json!({"app": "side", "leasehold.dev/leader": "true"}),
-            "default/lbl",
+            lease("lbl"),
         ),
     );
-    cluster.server.put_raw(
+    cluster.put_raw(
         Kind::Pod,
-        "default",
         "other-0",
         pod(
             serde_json::json!({"app": "other", "leasehold.dev/leader": "true"}),
-            "default/other",
+            lease("other"),
         ),
     );
     let leader_label = |name: &str| {
         cluster
-            .server
-            .object(Kind::Pod, "default", name)
+            .object(Kind::Pod, name)
             .map(|p| p["metadata"]["labels"]["leasehold.dev/leader"].clone())
             .unwrap_or_default()
     };
@@ -1341,12 +1389,14 @@ fn the_pod_label_is_reconciled_and_a_leader_clears_stale_ones() {
     let addr = format!("127.0.0.1:{port}");
     let mut args = serve_args("side-0", "lbl", &addr);
     args.push("--label-pod");
-    // The first pod patches fail.
-    cluster.server.fail_patches(3);
+    // On the double, the first pod patches fail.
+    if let Some(server) = cluster.backend.double_server() {
+        server.fail_patches(3);
+    }
     let mut serve = cluster
         .command(&args)
         .env("POD_NAME", "side-0")
-        .env("POD_NAMESPACE", "default")
+        .env("POD_NAMESPACE", ns)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -1367,9 +1417,7 @@ fn the_pod_label_is_reconciled_and_a_leader_clears_stale_ones() {
 
 // ---- the smaller promises -------------------------------------------------------------------
 
-#[test]
-fn invalid_names_are_usage_errors_and_never_reach_a_url() {
-    let cluster = Cluster::start("names");
+fn invalid_names_are_usage_errors_and_never_reach_a_url(cluster: &Cluster) {
     // A lease named `x` exists: a name pasted into a URL must not reach it.
     let mut args = vec![
         "run",
@@ -1399,9 +1447,7 @@ fn invalid_names_are_usage_errors_and_never_reach_a_url() {
     }
 }
 
-#[test]
-fn a_program_that_cannot_run_is_found_before_contending() {
-    let cluster = Cluster::start("missing");
+fn a_program_that_cannot_run_is_found_before_contending(cluster: &Cluster) {
     let script = cluster.dir.join("not-executable.sh");
     std::fs::write(&script, "#!/bin/sh\n").expect("written");
     let script = script.display().to_string();
@@ -1466,13 +1512,10 @@ fn timings_are_validated_at_the_locks_own_precision() {
     assert!(stderr.contains("precision"), "{stderr}");
 }
 
-#[test]
-fn status_shows_future_times_escapes_identities_and_answers_json_for_garbage() {
-    let cluster = Cluster::start("status2");
+fn status_shows_future_times_escapes_identities_and_answers_json_for_garbage(cluster: &Cluster) {
     let future = "2999-01-01T00:00:00.000000Z";
-    cluster.server.put_raw(
+    cluster.put_raw(
         Kind::Lease,
-        "default",
         "odd",
         serde_json::json!({"spec": {
             "holderIdentity": "evil\u{1b}[2J",
@@ -1502,15 +1545,25 @@ fn status_shows_future_times_escapes_identities_and_answers_json_for_garbage() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert!(json["renewedSecondsAgo"].as_f64().is_some_and(|s| s < 0.0));
     assert_eq!(json["strategy"], "OldestEmulationVersion");
-    // An unreadable record: still JSON, with the error.
-    cluster.server.put_raw(
-        Kind::Lease,
-        "default",
+    // An unreadable record (an annotation lock's JSON, which any tool can spoil; the API
+    // server stores any string): still JSON, with the error.
+    cluster.put_raw(
+        Kind::ConfigMap,
         "garbage",
-        serde_json::json!({"spec": {"leaseDurationSeconds": "fifteen"}}),
+        serde_json::json!({"metadata": {"annotations": {
+            "control-plane.alpha.kubernetes.io/leader": "{\"leaseDurationSeconds\": \"fifteen\"}"
+        }}}),
     );
     let out = cluster
-        .command(&["status", "--lease", "garbage", "-o", "json"])
+        .command(&[
+            "status",
+            "--lease",
+            "garbage",
+            "--lock",
+            "configmap",
+            "-o",
+            "json",
+        ])
         .output()
         .expect("runs");
     assert_eq!(out.status.code(), Some(1));
@@ -1523,9 +1576,7 @@ fn status_shows_future_times_escapes_identities_and_answers_json_for_garbage() {
     );
 }
 
-#[test]
-fn hangup_stops_like_terminate_and_an_empty_pod_name_falls_back() {
-    let cluster = Cluster::start("hup");
+fn hangup_stops_like_terminate_and_an_empty_pod_name_falls_back(cluster: &Cluster) {
     let (file, starts) = (cluster.dir.join("stamps"), cluster.dir.join("starts"));
     let mut args = run_args("ignored", "hup", stamper_counting(&file, &starts));
     // No --identity: $POD_NAME is empty, so the host name and a suffix.
@@ -1547,9 +1598,7 @@ fn hangup_stops_like_terminate_and_an_empty_pod_name_falls_back() {
     assert_eq!(cluster.holder("hup").as_deref(), Some(""), "released");
 }
 
-#[test]
-fn a_second_signal_exits_at_once_and_a_failed_release_is_an_error() {
-    let cluster = Cluster::start("twice");
+fn a_second_signal_exits_at_once_and_a_failed_release_is_an_error(cluster: &Cluster) {
     let file = cluster.dir.join("stamps");
     // A command that ignores SIGTERM, and a long grace period: the first signal would wait.
     let script = format!(
@@ -1610,9 +1659,48 @@ fn a_second_signal_exits_at_once_and_a_failed_release_is_an_error() {
     wait_for("it leads", Duration::from_secs(10), || {
         leader_stamping_after(&file, 0).is_some()
     });
-    cluster.server.hang(true);
+    cluster.hang(true);
     signal(&run, "TERM");
     let status = run.wait().expect("exits");
-    cluster.server.hang(false);
+    cluster.hang(false);
     assert_eq!(status.code(), Some(1), "the release failed");
 }
+
+cli_on_both!(
+    the_command_never_runs_twice_across_handover_and_crash,
+    exit_codes_and_release,
+    a_missing_namespace_or_permission_is_named_with_the_role_needed,
+    status_shows_the_lock,
+    the_sidecar_serves_leader_health_readiness_metrics_and_a_status_file,
+    the_sidecar_labels_its_pod_while_it_leads,
+    restart_runs_the_command_again_while_leading,
+    a_command_that_ignores_sigterm_is_killed_at_the_deadline,
+    a_stale_status_file_is_cleared_by_a_follower,
+    a_paused_leasehold_cannot_keep_its_command_running,
+    a_daemonizing_command_is_killed_with_everything_it_started,
+    a_restarted_wrapper_waits_for_its_old_lease_and_its_token_rises,
+    an_edit_naming_a_follower_does_not_start_it_at_once,
+    two_wrappers_with_one_identity_never_both_run_and_one_says_why,
+    invalid_names_are_usage_errors_and_never_reach_a_url,
+    a_program_that_cannot_run_is_found_before_contending,
+    status_shows_future_times_escapes_identities_and_answers_json_for_garbage,
+    hangup_stops_like_terminate_and_an_empty_pod_name_falls_back,
+    the_pod_label_is_reconciled_and_a_leader_clears_stale_ones,
+);
+
+cli_on_both!(exclusive:
+    a_hung_api_server_gets_the_command_killed_by_the_end_of_the_term,
+    a_blocked_log_pipe_does_not_keep_the_command_running,
+    no_command_starts_between_the_early_stop_and_a_renewal,
+    healthz_is_liveness_and_readyz_is_stricter,
+    a_sidecar_started_during_an_outage_waits_for_the_server,
+    a_second_signal_exits_at_once_and_a_failed_release_is_an_error,
+);
+
+cli_on_double!(
+    usage_errors_exit_2_with_a_clear_message,
+    help_exits_0_and_a_grace_longer_than_the_term_is_a_usage_error,
+    the_command_gets_default_signal_dispositions_and_the_terminal,
+    as_pid_1_orphans_are_reaped,
+    idle_connections_do_not_starve_the_probes,
+);

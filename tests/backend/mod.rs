@@ -11,12 +11,30 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::apiserver::{ApiServer, Kind};
-use crate::envtest::{ControlPlane, LogsOnFailure};
+use crate::envtest::{ControlPlane, LogsOnFailure, Turn};
 
 /// Runs each scenario `async fn NAME(backend: &Backend)` as two tests, `NAME::double` and
-/// `NAME::real` (skipped, with a note on stderr, without `KUBEBUILDER_ASSETS`).
+/// `NAME::real` (skipped, with a note on stderr, without `KUBEBUILDER_ASSETS`). Scenarios
+/// listed after `exclusive:` pause or restart the server and run alone on the real one.
 #[macro_export]
 macro_rules! on_both {
+    (exclusive: $($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn double() {
+                let backend = $crate::backend::Backend::double(stringify!($scenario)).await;
+                super::$scenario(&backend).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn real() {
+                let Some(backend) = $crate::backend::Backend::real_exclusive(stringify!($scenario)).await else {
+                    return;
+                };
+                super::$scenario(&backend).await;
+            }
+        }
+    )*};
     ($($scenario:ident),* $(,)?) => {$(
         mod $scenario {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,6 +65,7 @@ enum Server {
     Real {
         plane: &'static ControlPlane,
         _logs: LogsOnFailure,
+        _turn: Turn,
     },
 }
 
@@ -54,10 +73,11 @@ impl Backend {
     /// The test double, started for this test.
     pub async fn double(test: &str) -> Backend {
         Backend {
-            namespace: format!("{}-ns", test.replace('_', "-"))
-                .chars()
-                .take(60)
-                .collect(),
+            // A namespace name is at most 63 characters, and `missing_namespace` adds 5.
+            namespace: format!(
+                "{}-ns",
+                test.replace('_', "-").chars().take(50).collect::<String>()
+            ),
             server: Server::Double(ApiServer::start().await),
         }
     }
@@ -65,15 +85,37 @@ impl Backend {
     /// The real API server of this test binary, with a fresh namespace; `None` when it is not
     /// available (see `envtest::control_plane`).
     pub async fn real(test: &str) -> Option<Backend> {
+        Self::real_with(test, false).await
+    }
+
+    /// The real API server for a test that pauses, kills or restarts its processes: it runs
+    /// alone (see `ControlPlane::turn`).
+    pub async fn real_exclusive(test: &str) -> Option<Backend> {
+        Self::real_with(test, true).await
+    }
+
+    async fn real_with(test: &str, exclusive: bool) -> Option<Backend> {
         let plane = crate::envtest::control_plane(test)?;
+        // Waiting for the turn blocks this thread: let the runtime's other tasks run meanwhile.
+        let turn = tokio::task::block_in_place(|| plane.turn(exclusive));
         let namespace = plane.namespace(test).await;
         Some(Backend {
             namespace,
             server: Server::Real {
                 plane,
                 _logs: plane.logs_on_failure(),
+                _turn: turn,
             },
         })
+    }
+
+    /// Pauses the API server (`on`) or lets it go on: requests get no answer meanwhile. On the
+    /// real server this is a SIGSTOP of kube-apiserver (the test must be exclusive).
+    pub fn hang(&self, on: bool) {
+        match &self.server {
+            Server::Double(server) => server.hang(on),
+            Server::Real { plane, .. } => plane.signal_apiserver(if on { "STOP" } else { "CONT" }),
+        }
     }
 
     /// `double` or `real`, for messages.

@@ -49,6 +49,17 @@ pub struct ControlPlane {
     apiserver: Mutex<Option<Child>>,
     tokens: Vec<(String, String)>,
     namespaces: AtomicU64,
+    /// Tests that pause, kill or restart a process of the control plane hold this exclusively;
+    /// every other test holds it shared, so faults never reach a test that did not ask for
+    /// them.
+    faults: std::sync::RwLock<()>,
+}
+
+/// Held by a test while it uses the control plane: shared, or exclusive for a test that
+/// injects real faults.
+pub enum Turn {
+    Shared(std::sync::RwLockReadGuard<'static, ()>),
+    Exclusive(std::sync::RwLockWriteGuard<'static, ()>),
 }
 
 static PLANE: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
@@ -179,6 +190,7 @@ impl ControlPlane {
             apiserver: Mutex::new(None),
             tokens,
             namespaces: AtomicU64::new(0),
+            faults: std::sync::RwLock::new(()),
         };
         let started = Instant::now();
         plane.start_etcd()?;
@@ -268,6 +280,9 @@ impl ControlPlane {
                 "--endpoint-reconciler-type=none",
                 "--feature-gates=CoordinatedLeaderElection=true",
                 "--runtime-config=coordination.k8s.io/v1beta1=true",
+                // No controller-manager creates the `default` service account, which the
+                // admission plugin would require of every pod.
+                "--disable-admission-plugins=ServiceAccount",
             ])
             .arg(format!(
                 "--audit-policy-file={}",
@@ -475,6 +490,16 @@ impl ControlPlane {
                 format!("---- {name} (last 40 lines)\n{tail}\n")
             })
             .collect()
+    }
+
+    /// Waits for this test's turn: `exclusive` for a test that pauses, kills or restarts a
+    /// process of the control plane.
+    pub fn turn(&'static self, exclusive: bool) -> Turn {
+        if exclusive {
+            Turn::Exclusive(self.faults.write().unwrap_or_else(PoisonError::into_inner))
+        } else {
+            Turn::Shared(self.faults.read().unwrap_or_else(PoisonError::into_inner))
+        }
     }
 
     /// A guard that prints the last lines of both logs if the test fails while it lives.

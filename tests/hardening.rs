@@ -595,3 +595,33 @@ fn a_follower_waits_at_most_a_lease_whatever_the_server_asks() {
         h.now
     );
 }
+
+/// A refused write stays on the record while reads between the attempts answer: a missing
+/// namespace (absent, then 404 on create) is visible at every moment, not half of the time.
+#[test]
+fn a_refused_write_stays_visible_while_reads_answer() {
+    let mut h = Harness::new(config());
+    let mut reads_after_a_refusal = 0;
+    while h.now < secs(20) {
+        match h.pending.as_ref().map(|p| p.request.clone()) {
+            Some(LockRequest::Get) => {
+                h.answer(absent());
+                if h.elector.last_error().is_some() {
+                    reads_after_a_refusal += 1;
+                    let (error, _) = h.elector.last_error().expect("still there");
+                    assert_eq!(error.kind, LockErrorKind::NotFound);
+                }
+            }
+            Some(_) => h.answer(failed(LockErrorKind::NotFound)),
+            None => h.wake(),
+        }
+    }
+    assert!(reads_after_a_refusal >= 5, "{reads_after_a_refusal}");
+    // A timeout, by contrast, is cleared by the next answer.
+    let mut h = Harness::new(config());
+    h.answer(failed(LockErrorKind::Timeout));
+    assert!(h.elector.last_error().is_some());
+    h.wake();
+    h.answer(absent());
+    assert!(h.elector.last_error().is_none());
+}

@@ -3,13 +3,16 @@
 #![cfg(all(feature = "tokio", feature = "kube"))]
 
 mod apiserver;
+mod backend;
 mod common;
+mod envtest;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use apiserver::{ApiServer, Kind};
+use apiserver::Kind;
+use backend::Backend;
 use common::{fast, id};
 use leasehold::kube::LeaseLock;
 use leasehold::lock::Lock;
@@ -285,29 +288,25 @@ async fn the_builder_requires_client_go_s_callbacks_and_a_valid_config() {
 
 // ---- the Lease API test server, real time ---------------------------------------------------
 
+/// Candidates on the Lease `ctl`, each with a client of its own user (`cand-N`, so that its
+/// requests can be counted).
 async fn lease_candidates(
-    server: &ApiServer,
+    b: &Backend,
     names: &[&str],
     config: impl Fn(&str) -> Config,
     log: &Log,
 ) -> Vec<Handle> {
-    names
-        .iter()
-        .map(|n| {
-            spawn(
-                config(n),
-                LeaseLock::new(server.client(), "default", "ctl"),
-                log,
-            )
-        })
-        .collect()
+    let mut handles = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        let client = b.client_as(&format!("cand-{i}")).await;
+        handles.push(spawn(config(n), LeaseLock::new(client, b.ns(), "ctl"), log));
+    }
+    handles
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lease_three_candidates_one_leader_and_crash_failover() {
-    let server = ApiServer::start().await;
+async fn lease_three_candidates_one_leader_and_crash_failover(b: &Backend) {
     let log = Log::default();
-    let mut handles = lease_candidates(&server, &["a", "b", "c"], fast, &log).await;
+    let mut handles = lease_candidates(b, &["a", "b", "c"], fast, &log).await;
     until(&handles, Duration::from_secs(3), |l| l.is_some()).await;
     sleep(Duration::from_millis(500)).await;
     let leader = leader_of(&handles).await.expect("a leader");
@@ -318,15 +317,13 @@ async fn lease_three_candidates_one_leader_and_crash_failover() {
     assert!(failover <= Duration::from_millis(3000), "{failover:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lease_graceful_handover_when_watching() {
-    let server = ApiServer::start().await;
+async fn lease_graceful_handover_when_watching(b: &Backend) {
     let log = Log::default();
     let watching = |n: &str| Config {
         observation: Observation::Watch,
         ..fast(n)
     };
-    let mut handles = lease_candidates(&server, &["a", "b", "c"], watching, &log).await;
+    let mut handles = lease_candidates(b, &["a", "b", "c"], watching, &log).await;
     until(&handles, Duration::from_secs(3), |l| l.is_some()).await;
     sleep(Duration::from_millis(500)).await;
     let leader = leader_of(&handles).await.expect("a leader");
@@ -339,26 +336,22 @@ async fn lease_graceful_handover_when_watching() {
         handover <= Duration::from_millis(500),
         "a few round trips: {handover:?}"
     );
-    let stored = server
-        .object(Kind::Lease, "default", "ctl")
-        .expect("stored");
+    let stored = b.object(Kind::Lease, "ctl").await.expect("stored");
     assert_ne!(stored["spec"]["holderIdentity"], "");
 }
 
 /// An API outage longer than the renew deadline: the leader steps down by its own clock, before
 /// anyone else could take over (nobody can reach the API), and nobody leads during it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lease_outage_longer_than_the_renew_deadline() {
-    let server = ApiServer::start().await;
+async fn lease_outage_longer_than_the_renew_deadline(b: &Backend) {
     let log = Log::default();
     let recontending = |n: &str| Config {
         after_loss: AfterLoss::Recontend,
         ..fast(n)
     };
-    let handles = lease_candidates(&server, &["a", "b", "c"], recontending, &log).await;
+    let handles = lease_candidates(b, &["a", "b", "c"], recontending, &log).await;
     until(&handles, Duration::from_secs(3), |l| l.is_some()).await;
     sleep(Duration::from_millis(300)).await;
-    server.hang(true);
+    b.hang(true);
     let outage = Instant::now();
     let stepped_down = until(&handles, Duration::from_secs(3), |l| l.is_none()).await;
     assert!(
@@ -371,7 +364,7 @@ async fn lease_outage_longer_than_the_renew_deadline() {
         None,
         "nobody leads while the API is down"
     );
-    server.hang(false);
+    b.hang(false);
     let back = until(&handles, Duration::from_secs(10), |l| l.is_some()).await;
     eprintln!(
         "outage: stepped down after {stepped_down:?}, leader again {back:?} after the API returned ({:?} in all)",
@@ -388,9 +381,10 @@ async fn lease_outage_longer_than_the_renew_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_intermittent_errors_do_not_cost_leadership() {
     for (every, code) in [(3, 500), (5, 429)] {
-        let server = ApiServer::start().await;
+        let b = Backend::double("intermittent").await;
+        let server = b.double_server().expect("the double injects the errors");
         let log = Log::default();
-        let handles = lease_candidates(&server, &["a"], fast, &log).await;
+        let handles = lease_candidates(&b, &["a"], fast, &log).await;
         until(&handles, Duration::from_secs(3), |l| l.is_some()).await;
         let leader = leader_of(&handles).await;
         server.fail_every(Some((every, code)));
@@ -412,16 +406,14 @@ async fn lease_intermittent_errors_do_not_cost_leadership() {
 
 /// A hang shorter than the renew deadline costs nothing: the hung renewal times out at its
 /// deadline and a retry gets through.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lease_short_hang_is_survived() {
-    let server = ApiServer::start().await;
+async fn lease_short_hang_is_survived(b: &Backend) {
     let log = Log::default();
-    let handles = lease_candidates(&server, &["a", "b"], fast, &log).await;
+    let handles = lease_candidates(b, &["a", "b"], fast, &log).await;
     until(&handles, Duration::from_secs(3), |l| l.is_some()).await;
     let leader = leader_of(&handles).await;
-    server.hang(true);
+    b.hang(true);
     sleep(Duration::from_millis(400)).await;
-    server.hang(false);
+    b.hang(false);
     for _ in 0..200 {
         assert_eq!(leader_of(&handles).await, leader);
         sleep(Duration::from_millis(10)).await;
@@ -818,17 +810,16 @@ async fn no_task_outlives_a_shutdown() {
 /// A missing namespace: GET says absent, POST says 404 `namespaces ... not found`. Before:
 /// about 2,000 requests a second from one candidate, nothing logged, nothing on the handle.
 /// Now: no more than the elector's pace allows, and the error on the handle.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lease_missing_namespace_costs_a_few_requests_and_says_so() {
-    let server = ApiServer::start().await;
-    server.remove_namespace("gone");
+async fn lease_missing_namespace_costs_a_few_requests_and_says_so(b: &Backend) {
+    let gone = b.missing_namespace().await;
     let log = Log::default();
     let config = fast("a");
     let rp = config.retry_period;
-    let handle = spawn(config, LeaseLock::new(server.client(), "gone", "ctl"), &log);
+    let client = b.client_as("cand-0").await;
+    let handle = spawn(config, LeaseLock::new(client, &gone, "ctl"), &log);
     let run = Duration::from_secs(3);
     sleep(run).await;
-    let requests = server.requests().len();
+    let requests = b.requests_of("cand-0").await.len();
     let bound =
         leasehold::elector::MAX_OPS_PER_RETRY_PERIOD * (run.as_millis() / rp.as_millis()) as usize;
     assert!(
@@ -842,7 +833,7 @@ async fn lease_missing_namespace_costs_a_few_requests_and_says_so() {
         report
             .error
             .message
-            .contains("namespaces \"gone\" not found"),
+            .contains(&format!("namespaces \"{gone}\" not found")),
         "{report:?}"
     );
     handle.shutdown().await;
@@ -850,22 +841,22 @@ async fn lease_missing_namespace_costs_a_few_requests_and_says_so() {
 
 /// RBAC refuses updates: every renewal gets 403; the leader loses its term, the error is on the
 /// handle, and the request rate stays paced.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lease_forbidden_updates_are_paced_and_visible() {
-    let server = ApiServer::start().await;
-    server.deny("update", "leases");
+async fn lease_forbidden_updates_are_paced_and_visible(b: &Backend) {
+    // The unprivileged user may do all but update.
+    b.grant("coordination.k8s.io", "leases", &["get", "create"])
+        .await;
     let log = Log::default();
     let mut config = fast("a");
     config.after_loss = AfterLoss::Recontend;
     let rp = config.retry_period;
     let handle = spawn(
         config,
-        LeaseLock::new(server.client(), "default", "ctl"),
+        LeaseLock::new(b.client_as("alice").await, b.ns(), "ctl"),
         &log,
     );
     let run = Duration::from_secs(3);
     sleep(run).await;
-    let requests = server.requests().len();
+    let requests = b.requests_of("alice").await.len();
     let bound =
         leasehold::elector::MAX_OPS_PER_RETRY_PERIOD * (run.as_millis() / rp.as_millis()) as usize;
     assert!(requests <= bound, "{requests} requests");
@@ -877,26 +868,24 @@ async fn lease_forbidden_updates_are_paced_and_visible() {
 
 /// The API server restarts on the same port (every connection, the watches too, cut): a short
 /// restart costs nothing, a long one costs the term and is recovered from once it is back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lease_api_server_restarts_are_survived() {
-    let server = ApiServer::start().await;
+async fn lease_api_server_restarts_are_survived(b: &Backend) {
     let log = Log::default();
     let watching = |n: &str| Config {
         observation: Observation::Watch,
         after_loss: AfterLoss::Recontend,
         ..fast(n)
     };
-    let handles = lease_candidates(&server, &["a", "b"], watching, &log).await;
+    let handles = lease_candidates(b, &["a", "b"], watching, &log).await;
     until(&handles, Duration::from_secs(3), |l| l.is_some()).await;
     let leader = leader_of(&handles).await.expect("a leader");
-    server.restart(Duration::from_millis(300)).await;
+    b.restart_server(Duration::from_millis(300)).await;
     sleep(Duration::from_millis(500)).await;
     assert_eq!(
         leader_of(&handles).await,
         Some(leader),
         "a short restart costs nothing"
     );
-    server.restart(Duration::from_secs(3)).await;
+    b.restart_server(Duration::from_secs(3)).await;
     until(&handles, Duration::from_secs(10), |l| l.is_some()).await;
     for h in handles {
         h.shutdown().await;
@@ -927,3 +916,16 @@ async fn a_panic_before_the_work_starts_is_the_work_s_panic() {
     assert!(state.work_panicked.is_some());
     assert_eq!(lock.get().expect("exists").value.holder, None, "released");
 }
+
+on_both!(
+    lease_three_candidates_one_leader_and_crash_failover,
+    lease_graceful_handover_when_watching,
+    lease_missing_namespace_costs_a_few_requests_and_says_so,
+    lease_forbidden_updates_are_paced_and_visible,
+);
+
+on_both!(exclusive:
+    lease_outage_longer_than_the_renew_deadline,
+    lease_short_hang_is_survived,
+    lease_api_server_restarts_are_survived,
+);

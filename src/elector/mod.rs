@@ -149,8 +149,13 @@ pub struct Elector {
     /// The last instant the lock answered (a success, a lost race, or an observation): how
     /// long the elector has been cut off, for [`Elector::check`].
     last_contact: Instant,
-    /// The last failure and how many failures in a row led to it; cleared by any contact.
+    /// The last failure and how many failures in a row led to it; cleared by any contact, but
+    /// a write refused (not a timeout or an overload) only by a write that gets through: reads
+    /// that answer between refused writes (a missing namespace: absent, then 404 on create;
+    /// 403 on update) must not hide the refusal.
     last_failure: Option<(LockError, u64)>,
+    /// `last_failure` is a refused write.
+    failure_is_refused_write: bool,
     /// The holder last reported with [`Event::NewLeader`].
     reported_leader: Option<Identity>,
     /// The records this elector wrote (issued) most recently, oldest first: a record naming
@@ -293,6 +298,7 @@ impl Elector {
             transitions_seen: None,
             last_contact: now.instant,
             last_failure: None,
+            failure_is_refused_write: false,
             work: Work::Idle,
             after_release: AfterLoss::Finish,
             hurried_at: [None; 2],
@@ -330,8 +336,7 @@ impl Elector {
                 other => self.in_flight = other,
             },
             Input::Observed { record, .. } => {
-                self.last_contact = self.now;
-                self.last_failure = None;
+                self.note_contact(false);
                 self.handle_observed(record);
             }
             // Only an acknowledgement of a stop counts: a stale or duplicate report during a
@@ -421,7 +426,9 @@ impl Elector {
     }
 
     /// The last failed lock operation and how many failed in a row, until the lock answers
-    /// again (a lost race counts as an answer: someone else wrote first).
+    /// again (a lost race counts as an answer: someone else wrote first). A refused write
+    /// (forbidden, a missing namespace, an invalid object) stays until a write gets through,
+    /// even while reads answer.
     pub fn last_error(&self) -> Option<(&LockError, u64)> {
         self.last_failure.as_ref().map(|(e, n)| (e, *n))
     }
@@ -512,11 +519,20 @@ impl Elector {
             Err(e) if !f.lost_race(e) => {
                 let n = self.last_failure.as_ref().map_or(0, |(_, n)| *n);
                 self.last_failure = Some((e.clone(), n + 1));
+                self.failure_is_refused_write = f.write.is_some()
+                    && !matches!(e.kind, LockErrorKind::Timeout | LockErrorKind::Unavailable);
             }
-            _ => {
-                self.last_contact = self.now;
-                self.last_failure = None;
-            }
+            // A lost race on a write means the write was allowed.
+            _ => self.note_contact(f.write.is_some()),
+        }
+    }
+
+    /// The lock answered (`by_write`: a write got through, or lost a race).
+    fn note_contact(&mut self, by_write: bool) {
+        self.last_contact = self.now;
+        if by_write || !self.failure_is_refused_write {
+            self.last_failure = None;
+            self.failure_is_refused_write = false;
         }
     }
 

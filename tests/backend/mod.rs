@@ -216,6 +216,24 @@ impl Backend {
         }
     }
 
+    /// The API server goes away for `down` (every connection and watch cut) and comes back
+    /// with the same state: on the real server a SIGKILL of kube-apiserver and a restart on the
+    /// same etcd data (the test must be exclusive).
+    pub async fn restart_server(&self, down: Duration) {
+        match &self.server {
+            Server::Double(server) => server.restart(down).await,
+            Server::Real { plane, .. } => {
+                plane.kill_apiserver();
+                tokio::time::sleep(down).await;
+                let plane: &'static ControlPlane = plane;
+                tokio::task::spawn_blocking(move || plane.start_apiserver())
+                    .await
+                    .expect("the restart did not panic")
+                    .expect("the apiserver starts again");
+            }
+        }
+    }
+
     /// A namespace that does not exist.
     pub async fn missing_namespace(&self) -> String {
         let name = format!("{}-gone", self.namespace);

@@ -4,14 +4,17 @@
 #![allow(clippy::disallowed_methods)] // these tests read the real clock
 
 mod apiserver;
+mod backend;
 mod common;
+mod envtest;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use apiserver::{ApiServer, Kind};
+use apiserver::Kind;
+use backend::Backend;
 use common::{fast, id};
 use leasehold::blocking::{BlockingLock, BuildError, Handle, LeaderElector, RemoteLock};
 use leasehold::kube::LeaseLock;
@@ -230,37 +233,69 @@ fn callbacks_and_builder_follow_client_go() {
     assert!(matches!(invalid.err(), Some(BuildError::Config(_))));
 }
 
-// ---- against the Lease API test server, through RemoteLock ----------------------------------
+// ---- against an API server (the double and the real one), through RemoteLock -------------
 
+/// A backend on a runtime of its own (the blocking driver's tests are sync).
 struct Server {
-    server: ApiServer,
-    _runtime: tokio::runtime::Runtime,
+    backend: Backend,
+    runtime: tokio::runtime::Runtime,
 }
 
-fn server() -> Server {
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let server = runtime.block_on(ApiServer::start());
-    Server {
-        server,
-        _runtime: runtime,
+impl Server {
+    fn double(test: &str) -> Server {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let backend = runtime.block_on(Backend::double(test));
+        Server { backend, runtime }
+    }
+
+    fn real(test: &str, exclusive: bool) -> Option<Server> {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let backend = runtime.block_on(async {
+            if exclusive {
+                Backend::real_exclusive(test).await
+            } else {
+                Backend::real(test).await
+            }
+        })?;
+        Some(Server { backend, runtime })
+    }
+
+    /// The Lease `ctl` through a `RemoteLock` whose client is `user`'s.
+    fn remote(&self, user: &str) -> RemoteLock {
+        let source = self.backend.client_source(user);
+        let ns = self.backend.ns().to_string();
+        RemoteLock::spawn(move || async move {
+            Ok::<_, String>(LeaseLock::new(source.client().await, &ns, "ctl"))
+        })
+        .expect("the lock starts")
+    }
+
+    fn lease(&self) -> Option<serde_json::Value> {
+        self.runtime
+            .block_on(self.backend.object(Kind::Lease, "ctl"))
     }
 }
 
-fn remote(url: &str) -> RemoteLock {
-    let url = url.to_string();
-    RemoteLock::spawn(move || async move {
-        Ok::<_, String>(LeaseLock::new(
-            apiserver::client_for(&url),
-            "default",
-            "ctl",
-        ))
-    })
-    .expect("the lock starts")
+/// Runs a scenario `fn NAME(server: &Server)` on the double and on the real server.
+macro_rules! blocking_on_both {
+    ($exclusive:literal: $($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[test]
+            fn double() {
+                super::$scenario(&super::Server::double(stringify!($scenario)));
+            }
+
+            #[test]
+            fn real() {
+                if let Some(server) = super::Server::real(stringify!($scenario), $exclusive) {
+                    super::$scenario(&server);
+                }
+            }
+        }
+    )*};
 }
 
-#[test]
-fn lease_one_leader_and_graceful_handover() {
-    let s = server();
+fn lease_one_leader_and_graceful_handover(s: &Server) {
     let mut handles: Vec<Handle> = ["a", "b"]
         .iter()
         .map(|n| {
@@ -268,7 +303,7 @@ fn lease_one_leader_and_graceful_handover() {
                 observation: Observation::Watch,
                 ..fast(n)
             };
-            spawn(config, remote(&s.server.url()))
+            spawn(config, s.remote("admin"))
         })
         .collect();
     until(&handles, Duration::from_secs(3), |l| l.is_some());
@@ -279,10 +314,7 @@ fn lease_one_leader_and_graceful_handover() {
     let handover = start.elapsed() + until(&handles, Duration::from_secs(5), |l| l.is_some());
     eprintln!("blocking driver, lease handover when watching: {handover:?}");
     assert!(handover <= Duration::from_millis(500), "{handover:?}");
-    let stored = s
-        .server
-        .object(Kind::Lease, "default", "ctl")
-        .expect("stored");
+    let stored = s.lease().expect("stored");
     assert_ne!(stored["spec"]["holderIdentity"], "");
     for h in handles {
         h.shutdown();
@@ -291,16 +323,14 @@ fn lease_one_leader_and_graceful_handover() {
 
 /// A hung API: the lock calls hang, the driver's timers do not. The leader steps down within
 /// the renew deadline; nobody leads until the API answers again.
-#[test]
-fn lease_hang_does_not_stall_the_driver() {
-    let s = server();
+fn lease_hang_does_not_stall_the_driver(s: &Server) {
     let handles: Vec<Handle> = ["a", "b"]
         .iter()
-        .map(|n| spawn(fast(n), remote(&s.server.url())))
+        .map(|n| spawn(fast(n), s.remote("admin")))
         .collect();
     until(&handles, Duration::from_secs(3), |l| l.is_some());
     sleep(Duration::from_millis(300));
-    s.server.hang(true);
+    s.backend.hang(true);
     let stepped_down = until(&handles, Duration::from_secs(3), |l| l.is_none());
     assert!(
         stepped_down <= Duration::from_millis(1500),
@@ -308,7 +338,7 @@ fn lease_hang_does_not_stall_the_driver() {
     );
     sleep(Duration::from_secs(2));
     assert_eq!(leader_of(&handles), None);
-    s.server.hang(false);
+    s.backend.hang(false);
     until(&handles, Duration::from_secs(10), |l| l.is_some());
     for h in handles {
         h.shutdown();
@@ -391,26 +421,21 @@ fn a_recontending_driver_never_runs_two_terms_work_at_once() {
 /// waited forever and leadership was never regained).
 #[test]
 fn a_black_holed_request_does_not_wedge_the_driver() {
-    let s = server();
+    let s = Server::double("black_hole");
     let mut config = fast("a");
     config.after_loss = leasehold::AfterLoss::Recontend;
-    let handle = spawn(config, remote(&s.server.url()));
+    let handle = spawn(config, s.remote("admin"));
     let handles = [handle];
     until(&handles, Duration::from_secs(3), |l| l.is_some());
-    s.server.black_hole_next(1);
+    s.backend
+        .double_server()
+        .expect("the double black-holes")
+        .black_hole_next(1);
     sleep(Duration::from_secs(4));
     until(&handles, Duration::from_secs(3), |l| l.is_some());
-    let before = s
-        .server
-        .object(Kind::Lease, "default", "ctl")
-        .expect("exists")["metadata"]["resourceVersion"]
-        .clone();
+    let before = s.lease().expect("exists")["metadata"]["resourceVersion"].clone();
     sleep(Duration::from_secs(1));
-    let after = s
-        .server
-        .object(Kind::Lease, "default", "ctl")
-        .expect("exists")["metadata"]["resourceVersion"]
-        .clone();
+    let after = s.lease().expect("exists")["metadata"]["resourceVersion"].clone();
     assert_ne!(before, after, "still renewing");
     let [handle] = handles;
     handle.shutdown();
@@ -586,3 +611,6 @@ fn calls_that_hang_past_their_deadline_are_capped() {
     );
     drop(handle);
 }
+
+blocking_on_both!(false: lease_one_leader_and_graceful_handover);
+blocking_on_both!(true: lease_hang_does_not_stall_the_driver);

@@ -431,3 +431,55 @@ impl Backend {
         }
     }
 }
+
+/// How to make a client for one user, for code that builds its client on a runtime of its own
+/// (`RemoteLock`, a blocking driver's LeaseCandidate registration).
+#[derive(Clone)]
+pub enum ClientSource {
+    Double {
+        url: String,
+        user: String,
+    },
+    Real {
+        plane: &'static ControlPlane,
+        user: String,
+        namespace: String,
+    },
+}
+
+impl ClientSource {
+    /// A client (call it inside the runtime that will use it).
+    pub async fn client(&self) -> kube::Client {
+        match self {
+            ClientSource::Double { url, user } => {
+                let url: hyper::Uri = url.parse().expect("valid url");
+                let mut config = kube::Config::new(url);
+                config.default_retry = false;
+                config.auth_info.token = Some(user.clone().into());
+                kube::Client::try_from(config).expect("client")
+            }
+            ClientSource::Real {
+                plane,
+                user,
+                namespace,
+            } => plane.client_in(user, namespace).await,
+        }
+    }
+}
+
+impl Backend {
+    /// A [`ClientSource`] for `user`.
+    pub fn client_source(&self, user: &str) -> ClientSource {
+        match &self.server {
+            Server::Double(server) => ClientSource::Double {
+                url: server.url(),
+                user: user.to_string(),
+            },
+            Server::Real { plane, .. } => ClientSource::Real {
+                plane,
+                user: user.to_string(),
+                namespace: self.namespace.clone(),
+            },
+        }
+    }
+}

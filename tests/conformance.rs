@@ -215,8 +215,8 @@ fn renew_already_acquired_object() {
     h.answer(written("5"));
     assert!(h.is_leader());
 
-    // A record it wrote itself (here: its lost term, in re-contend mode) is renewed at once,
-    // with the same transitions.
+    // A record it wrote itself (here: its lost term, in re-contend mode) is taken at once,
+    // and (leasehold) with a token of the new term's own: every term has its own token.
     let mut h = Harness::new(Config {
         after_loss: AfterLoss::Recontend,
         ..config()
@@ -234,7 +234,7 @@ fn renew_already_acquired_object() {
         h.answer(found("1", ours));
     }
     let record = assert_update(&h, "1");
-    assert_eq!(record.leader_transitions, 0, "renewing keeps transitions");
+    assert_eq!(record.leader_transitions, 1, "a new term, a new token");
     h.answer(written("2"));
     assert!(h.is_leader());
 }

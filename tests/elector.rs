@@ -320,15 +320,15 @@ fn recontend_after_an_outage_retakes_its_own_lock() {
         reason: StopReason::RenewDeadlineExceeded
     }));
     h.input(Input::LeaderWorkStopped(h.now()));
-    // The lock still names us: once the API is back we renew it without waiting a lease, and
-    // keep the same token (no one else held it in between).
+    // The lock still names us: once the API is back we take it without waiting a lease, with
+    // a token of the new term's own.
     let back = h.now;
     h.run(&lock, back + Duration::from_secs(5));
     assert!(h.is_leader());
     assert!(h.events.iter().any(|e| matches!(
         e,
         Event::StartedLeading {
-            token: FencingToken(0),
+            token: FencingToken(1),
             ..
         }
     )));

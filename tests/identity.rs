@@ -286,3 +286,46 @@ fn a_watching_twin_reads_and_reports_the_clash() {
     }
     assert!(alerted, "the clash was reported");
 }
+
+/// An edit by hand that shortens `leaseDurationSeconds` mid-term does not shorten a follower's
+/// wait (the leader's term rests on the longer lease), and is no identity clash for the leader.
+#[test]
+fn a_shortened_lease_duration_does_not_shorten_the_wait_nor_count_as_a_clash() {
+    let lock = MemoryLock::new();
+    let mut leader = Harness::new(config());
+    leader.run(&lock, secs(1));
+    assert!(leader.is_leader());
+    let mut follower = Harness::new(Config {
+        identity: id("qux"),
+        ..config()
+    });
+    follower.run(&lock, secs(1));
+    // The leader is paused from here on (it issued its last renewal at 0 s: its term ends at
+    // 5 s). At 1 s someone edits the lease down to 1 s.
+    let current = lock.get().expect("present");
+    let mut edited = current.value.clone();
+    edited.lease_duration_seconds = 1;
+    lock.update(&current.version, edited)
+        .expect("the edit lands");
+    follower.run(&lock, secs(9));
+    assert!(
+        !follower.is_leader(),
+        "waits the term's 10 s lease from the edit, not 1 s"
+    );
+    // It first read the edit at its next poll (before 5 s): taken 10 s after that.
+    follower.run(&lock, secs(16));
+    assert!(follower.is_leader());
+
+    // The leader that sees such an edit renews over it.
+    let lock = MemoryLock::new();
+    let mut h = Harness::new(config());
+    h.run(&lock, secs(1));
+    let current = lock.get().expect("present");
+    let mut edited = current.value.clone();
+    edited.lease_duration_seconds = 1;
+    lock.update(&current.version, edited)
+        .expect("the edit lands");
+    h.run(&lock, secs(10));
+    assert!(h.is_leader());
+    assert_eq!(h.elector.alert(h.now), None);
+}

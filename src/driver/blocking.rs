@@ -448,23 +448,12 @@ impl<L: BlockingLock> LeaderElector<L> {
         let _done = SetOnDrop(self.done.clone());
         // The LeaseCandidate lives as long as the elector, on a small runtime of its own (its
         // kube client must have been built in a runtime that outlives the elector, such as
-        // the one `RemoteLock::spawn` builds the lock in).
+        // the one `RemoteLock::spawn` builds the lock in). It starts once the elector has seen
+        // the lock (see the tokio driver).
         #[cfg(feature = "kube")]
-        let mut registration = self.candidate.take().map(|candidate| {
-            let (stop, stopped) = ::tokio::sync::oneshot::channel::<()>();
-            let thread = std::thread::spawn(move || {
-                match ::tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime.block_on(candidate.run(async move {
-                        let _ = stopped.await;
-                    })),
-                    Err(e) => tracing::error!(error = %e, "no runtime for the LeaseCandidate"),
-                }
-            });
-            (stop, thread)
-        });
+        let mut unregistered = self.candidate.take();
+        #[cfg(feature = "kube")]
+        let mut registration: Option<(::tokio::sync::oneshot::Sender<()>, JoinHandle<()>)> = None;
         let clock = self.shared.clock;
         let describe = self.lock.describe();
         let watching = Arc::new(AtomicBool::new(true));
@@ -518,6 +507,14 @@ impl<L: BlockingLock> LeaderElector<L> {
                     Action::Done => break None,
                 }
             };
+            #[cfg(feature = "kube")]
+            if !shutdown_sent
+                && unregistered.is_some()
+                && self.shared.elector().lock_seen()
+                && let Some(candidate) = unregistered.take()
+            {
+                registration = Some(register(candidate));
+            }
             let state = self.shared.state();
             self.core.observe(&state);
             *self.state.lock().unwrap_or_else(PoisonError::into_inner) = state;
@@ -696,6 +693,26 @@ impl<L: BlockingLock> LeaderElector<L> {
             }
         }
     }
+}
+
+/// Runs the LeaseCandidate registration on a thread with a small runtime of its own.
+#[cfg(feature = "kube")]
+fn register(
+    candidate: crate::kube::LeaseCandidateRegistration,
+) -> (::tokio::sync::oneshot::Sender<()>, JoinHandle<()>) {
+    let (stop, stopped) = ::tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        match ::tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(candidate.run(async move {
+                let _ = stopped.await;
+            })),
+            Err(e) => tracing::error!(error = %e, "no runtime for the LeaseCandidate"),
+        }
+    });
+    (stop, thread)
 }
 
 /// Stops the LeaseCandidate registration and waits for it to delete itself (its calls are

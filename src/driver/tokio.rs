@@ -276,12 +276,15 @@ impl<L: Lock> LeaderElector<L> {
         // The LeaseCandidate lives as long as the elector: deleted before the release (so the
         // controller does not pick or wait for a candidate that is leaving), and even if this
         // future is dropped (an abort, a panic): the guard then stops it.
+        //
+        // It starts once the elector has seen the lock: the controller may name this candidate
+        // as soon as it registers, and a record naming a candidate at its first sight counts as
+        // an earlier incarnation's (waited out), while one that changed hands to it after a
+        // sight is the controller's choice (taken up at once).
         #[cfg(feature = "kube")]
-        let mut registration = self.candidate.take().map(|candidate| {
-            let stop = CancellationToken::new();
-            let task = ::tokio::spawn(candidate.run(stop.clone().cancelled_owned()));
-            (stop.drop_guard(), task)
-        });
+        let mut unregistered = self.candidate.take();
+        #[cfg(feature = "kube")]
+        let mut registration: Option<(tokio_util::sync::DropGuard, JoinHandle<()>)> = None;
         let clock = self.shared.clock;
         let describe = self.lock.describe();
         let mut watch = self.watch.take();
@@ -329,6 +332,16 @@ impl<L: Lock> LeaderElector<L> {
                     Action::Done => break None,
                 }
             };
+            #[cfg(feature = "kube")]
+            if !shutdown_sent
+                && unregistered.is_some()
+                && self.shared.elector().lock_seen()
+                && let Some(candidate) = unregistered.take()
+            {
+                let stop = CancellationToken::new();
+                let task = ::tokio::spawn(candidate.run(stop.clone().cancelled_owned()));
+                registration = Some((stop.drop_guard(), task));
+            }
             let state = self.shared.state();
             self.core.observe(&state);
             self.state_tx.send_replace(state);

@@ -398,6 +398,11 @@ impl Elector {
         self.view.present()?.record.holder.as_ref()
     }
 
+    /// Whether the lock has been seen at all (present or absent), by a read or an observation.
+    pub fn lock_seen(&self) -> bool {
+        !matches!(self.view, View::Unread)
+    }
+
     /// The last observed record and its version (`None` when the lock was last seen absent,
     /// or never).
     pub fn observed_record(&self) -> Option<(&Version, &LeaderElectionRecord)> {
@@ -763,10 +768,9 @@ impl Elector {
             && seen.as_ref().is_some_and(|s| {
                 s.value.is_held_by(me)
                     && !self.wrote(&s.value)
-                    && self
-                        .view
-                        .present()
-                        .is_some_and(|o| o.record.is_held_by(me) && !same_term(&o.record, &s.value))
+                    && self.view.present().is_some_and(|o| {
+                        o.record.is_held_by(me) && !same_renewal(&o.record, &s.value)
+                    })
             });
         if seen.is_none() && self.view.present().is_some() {
             // A watch event saying "absent" may be stale, and an absence starts a lease-long
@@ -994,13 +998,11 @@ impl Elector {
     /// Writes the lock as ours, as the view shows it (the caller checked `may_acquire`).
     fn acquire(&mut self) {
         match &self.view {
+            // Every term gets a token of its own: even a record this elector wrote (an earlier
+            // term of its own, a write whose answer was lost) is taken with a higher one.
             View::Present(o) => {
                 let expected = o.version.clone();
-                let record = if o.origin == Origin::Ours {
-                    self.renew_record(&o.record)
-                } else {
-                    self.takeover_record(&o.record)
-                };
+                let record = self.takeover_record(&o.record);
                 self.issue(LockRequest::Update { expected, record });
             }
             View::Absent(_) => {
@@ -1024,10 +1026,9 @@ impl Elector {
             View::Present(o) => {
                 let ours = self.ours(o);
                 let expired = now >= self.expires_at(o);
-                // A takeover raises leaderTransitions: at its maximum it would repeat a
-                // fencing token (see `Alert::TransitionsExhausted`).
-                let room = o.origin == Origin::Ours
-                    || self.next_transitions(o.record.leader_transitions).is_some();
+                // A new term raises leaderTransitions: at its maximum it would repeat a fencing
+                // token (see `Alert::TransitionsExhausted`).
+                let room = self.next_transitions(o.record.leader_transitions).is_some();
                 if self.config.coordinated {
                     // We only write what names us (the compare-and-swap fails if the
                     // controller has named someone else since), and yield to a preferred
@@ -1078,7 +1079,7 @@ impl Elector {
 
     /// Whether this elector wrote `record` (up to the fields the election controller writes).
     fn wrote(&self, record: &LeaderElectionRecord) -> bool {
-        self.own_writes.iter().any(|w| same_term(w, record))
+        self.own_writes.iter().any(|w| same_renewal(w, record))
     }
 
     /// Who wrote `record`, judged against what this elector wrote and last saw.
@@ -1092,7 +1093,7 @@ impl Elector {
         }
         match &self.view {
             // Only the election controller's fields changed (preferredHolder, strategy).
-            View::Present(o) if same_term(&o.record, record) => o.origin,
+            View::Present(o) if same_renewal(&o.record, record) => o.origin,
             // The lock changed hands to us (or was created naming us) without our writing it.
             View::Present(o) if !o.record.is_held_by(me) => Origin::Handed,
             View::Absent(_) => Origin::Handed,
@@ -1110,13 +1111,13 @@ impl Elector {
             return false;
         }
         match &self.phase {
-            Phase::Leading { lease, .. } => !same_term(&lease.value, record),
+            Phase::Leading { lease, .. } => !same_renewal(&lease.value, record),
             _ => self.last_read.as_ref().is_some_and(|(before, since)| {
                 let lease = match before.lease_duration_seconds {
                     0 => self.config.lease_duration,
                     secs => Duration::from_secs(u64::from(secs)),
                 };
-                before.is_held_by(me) && !same_term(before, record) && self.now < *since + lease
+                before.is_held_by(me) && !same_renewal(before, record) && self.now < *since + lease
             }),
         }
     }
@@ -1143,7 +1144,7 @@ impl Elector {
 
     /// When the observed lease expires for a follower.
     fn expires_at(&self, o: &Observed) -> Instant {
-        let lease = match o.record.lease_duration_seconds {
+        let lease = match o.term_lease_seconds {
             0 => self.config.lease_duration,
             secs => Duration::from_secs(u64::from(secs)),
         };
@@ -1430,11 +1431,12 @@ impl Elector {
     }
 }
 
-/// Whether two records describe the same term and renewal: they differ at most in the fields
-/// the election controller writes (`preferredHolder`, `strategy`).
-fn same_term(a: &LeaderElectionRecord, b: &LeaderElectionRecord) -> bool {
+/// Whether two records describe the same term and renewal: they differ at most in fields that
+/// no renewal changes (the election controller's `preferredHolder` and `strategy`, or a
+/// `leaseDurationSeconds` edited by hand). Only a renewal under our identity that we did not
+/// write is a clash; an edit of those fields is not.
+fn same_renewal(a: &LeaderElectionRecord, b: &LeaderElectionRecord) -> bool {
     a.holder == b.holder
-        && a.lease_duration_seconds == b.lease_duration_seconds
         && a.acquire_time == b.acquire_time
         && a.renew_time == b.renew_time
         && a.leader_transitions == b.leader_transitions

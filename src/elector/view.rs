@@ -32,6 +32,18 @@ pub(super) struct Observed {
     /// Who wrote the record, as far as this elector can tell (it matters only for a record that
     /// names this candidate).
     pub(super) origin: Origin,
+    /// The longest `leaseDurationSeconds` any record of this term (same holder, acquire time
+    /// and transitions) showed: an edit that shortens the lease mid-term (by hand, say) must
+    /// not shorten the wait for a leader whose term rests on the longer one.
+    pub(super) term_lease_seconds: u32,
+}
+
+/// Whether two records belong to the same term: the same holder, acquired at the same time,
+/// with the same transitions.
+fn same_term(a: &LeaderElectionRecord, b: &LeaderElectionRecord) -> bool {
+    a.holder == b.holder
+        && a.acquire_time == b.acquire_time
+        && a.leader_transitions == b.leader_transitions
 }
 
 /// Who wrote a record that names this candidate.
@@ -73,15 +85,24 @@ impl View {
                 version: seen.version,
                 ..o
             }),
-            (Some(seen), _) => View::Present(Observed {
-                version: seen.version,
-                record: seen.value,
-                observed_at: now,
-                origin,
-            }),
+            (Some(seen), previous) => {
+                let term_lease_seconds = match previous {
+                    View::Present(o) if same_term(&o.record, &seen.value) => {
+                        o.term_lease_seconds.max(seen.value.lease_duration_seconds)
+                    }
+                    _ => seen.value.lease_duration_seconds,
+                };
+                View::Present(Observed {
+                    version: seen.version,
+                    record: seen.value,
+                    observed_at: now,
+                    origin,
+                    term_lease_seconds,
+                })
+            }
             (None, View::Present(o)) => {
-                let lease = Duration::from_secs(u64::from(o.record.lease_duration_seconds))
-                    .max(lease_duration);
+                let lease =
+                    Duration::from_secs(u64::from(o.term_lease_seconds)).max(lease_duration);
                 View::Absent(Absence {
                     held_until: Some(now + lease),
                 })

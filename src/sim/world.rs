@@ -173,8 +173,8 @@ pub(crate) struct World {
     faults_on: bool,
     fault_end: T,
     spans: Vec<Span>,
-    /// The last term's identity and incarnation, token and lock object (generation).
-    last_term: Option<((Identity, u32), u64, usize)>,
+    /// The last term's identity, token and lock object (generation).
+    last_term: Option<(Identity, u64, usize)>,
     violations: Vec<Violation>,
     hash: u64,
     crash_at: Option<T>,
@@ -882,7 +882,7 @@ impl World {
                     ends_by,
                 });
                 self.terms += 1;
-                let identity = (self.nodes[node].identity.clone(), self.nodes[node].inc);
+                let identity = self.nodes[node].identity.clone();
                 // A term on an older object than the last term's (its answer came late) is not
                 // in that object's token sequence, and tokens restart with an object recreated
                 // by a creator that had not seen the deleted object's last record.
@@ -890,17 +890,13 @@ impl World {
                     && generation >= *prev_generation
                     && !self.recreated_between(*prev_generation, generation, |e| e.token)
                 {
-                    // Only the same incarnation may keep its token: a restarted candidate
-                    // takes its own lock over as another holder's.
-                    let rose = if prev == &identity {
-                        token.0 >= *prev_token
-                    } else {
-                        token.0 > *prev_token
-                    };
+                    // Every term has a token of its own, even the next term of the same
+                    // candidate.
+                    let rose = token.0 > *prev_token;
                     if !rose {
                         self.violations.push(Violation::FencingTokenNotIncreasing {
-                            previous: (prev.0.to_string(), *prev_token),
-                            next: (identity.0.to_string(), token.0),
+                            previous: (prev.to_string(), *prev_token),
+                            next: (identity.to_string(), token.0),
                         });
                         self.log(node, "VIOLATION: fencing token did not rise");
                     }

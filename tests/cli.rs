@@ -1092,6 +1092,27 @@ fn a_grace_period_that_would_stop_a_healthy_leader_is_a_usage_error() {
     let out = run("1200ms");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_ne!(out.status.code(), Some(2), "accepted: {stderr}");
+    // An annotation lock is renewed once a second at most: RD - 1 s = 500 ms.
+    let mut args = vec![
+        "run",
+        "--lease",
+        "x",
+        "--lock",
+        "configmap",
+        "--grace",
+        "500ms",
+    ];
+    args.extend(FAST);
+    args.extend(["--", "true"]);
+    let out = Command::new(BIN)
+        .args(&args)
+        .env("KUBECONFIG", "/nonexistent")
+        .env_remove("POD_NAME")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("time precision"), "{stderr}");
 }
 
 fn the_command_gets_default_signal_dispositions_and_the_terminal(cluster: &Cluster) {
@@ -1698,9 +1719,198 @@ cli_on_both!(exclusive:
 );
 
 cli_on_double!(
+    a_daemon_whose_main_thread_ended_is_killed_with_the_command,
+    chains_that_fork_and_exit_are_killed,
+    signals_to_the_guard_never_leave_processes_behind,
     usage_errors_exit_2_with_a_clear_message,
     help_exits_0_and_a_grace_longer_than_the_term_is_a_usage_error,
     the_command_gets_default_signal_dispositions_and_the_terminal,
     as_pid_1_orphans_are_reaped,
     idle_connections_do_not_starve_the_probes,
 );
+
+// ---- hostile commands, from an adversarial review --------------------------------------------
+
+/// Compiles a small C program (the shapes a shell cannot make) into `dir`: it stamps
+/// "IDENTITY NANOS" into `$STAMPS` every 20 ms from wherever it runs.
+fn c_program(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let source = dir.join(format!("{name}.c"));
+    let binary = dir.join(name);
+    let prelude = r#"
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <fcntl.h>
+#include <time.h>
+#include <pthread.h>
+static long long nowns(void){struct timespec t;clock_gettime(CLOCK_REALTIME,&t);return (long long)t.tv_sec*1000000000LL+t.tv_nsec;}
+static void stamp(void){
+  const char*f=getenv("STAMPS"); const char*id=getenv("LEASEHOLD_IDENTITY");
+  char buf[256]; int n=snprintf(buf,sizeof buf,"%s %lld\n",id?id:"-",nowns());
+  int fd=open(f,O_WRONLY|O_APPEND|O_CREAT,0644); if(fd>=0){ if(write(fd,buf,n)<0){} close(fd);} }
+"#;
+    std::fs::write(&source, format!("{prelude}\n{body}")).expect("source written");
+    let status = Command::new("cc")
+        .arg("-O1")
+        .arg("-pthread")
+        .arg("-o")
+        .arg(&binary)
+        .arg(&source)
+        .status()
+        .expect("a C compiler (cc) for the hostile-command tests");
+    assert!(status.success(), "{name} compiles");
+    binary
+}
+
+/// A daemon that leaves the command's group and ends its main thread while a thread runs on:
+/// its /proc entry shows a zombie, yet it lives, and it goes with the command.
+fn a_daemon_whose_main_thread_ended_is_killed_with_the_command(cluster: &Cluster) {
+    let program = c_program(
+        &cluster.dir,
+        "zleader",
+        r#"
+static void* work(void*a){ (void)a; for(;;){ stamp(); usleep(20000);} return 0; }
+int main(void){
+  if(fork()==0){ setsid(); pthread_t t; pthread_create(&t,0,work,0); pthread_exit(0); }
+  usleep(300000); return 0; }
+"#,
+    );
+    let file = cluster.dir.join("stamps");
+    let args = run_args("a", "z", vec![program.display().to_string()]);
+    let out = cluster
+        .command(&strs(&args))
+        .env("STAMPS", &file)
+        .output()
+        .expect("runs");
+    let exited = now_nanos();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stamps(&file).len() > 3, "the daemon ran");
+    sleep(Duration::from_millis(300));
+    let late: Vec<_> = stamps(&file)
+        .into_iter()
+        .filter(|(_, t)| *t > exited)
+        .collect();
+    assert!(late.is_empty(), "the daemon outlived leasehold: {late:?}");
+}
+
+/// Chains that leave the group and fork and exit without pause (each new link re-parented to
+/// the guard) are killed once the command is told to stop.
+fn chains_that_fork_and_exit_are_killed(cluster: &Cluster) {
+    let program = c_program(
+        &cluster.dir,
+        "forkchase",
+        r#"
+int main(void){
+  for(int i=0;i<4;i++){
+    if(fork()==0){
+      setsid(); long long last=0;
+      for(;;){ long long t=nowns(); if(t-last>20000000LL){stamp(); last=t;}
+        pid_t p=fork(); if(p<0) continue; if(p>0) _exit(0); }
+    }
+  }
+  for(;;){ stamp(); usleep(20000);} }
+"#,
+    );
+    let file = cluster.dir.join("stamps");
+    let args = run_args("a", "chase", vec![program.display().to_string()]);
+    let mut run = cluster
+        .command(&strs(&args))
+        .env("STAMPS", &file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    wait_for("it runs", Duration::from_secs(10), || {
+        stamps(&file).len() > 10
+    });
+    sleep(Duration::from_millis(500));
+    signal(&run, "TERM");
+    let status = run.wait().expect("exits");
+    let exited = now_nanos();
+    assert_eq!(status.code(), Some(0));
+    sleep(Duration::from_millis(500));
+    let late: Vec<_> = stamps(&file)
+        .into_iter()
+        .filter(|(_, t)| *t > exited)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "{} stamps after leasehold exited",
+        late.len()
+    );
+}
+
+/// The guard's own process, in its own group.
+fn guard_of(leasehold: &Child) -> u32 {
+    let mut found = None;
+    wait_for("the guard", Duration::from_secs(5), || {
+        found = children(leasehold.id()).into_iter().find(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.contains("__guard"))
+        });
+        found.is_some()
+    });
+    found.expect("found")
+}
+
+/// A stray signal to the guard (a `pkill -f` matching the command's name) stops the command
+/// and everything it started, and nothing runs on; a SIGKILL of the guard leaves the lock to
+/// expire instead of releasing it to a successor while escaped processes may live.
+fn signals_to_the_guard_never_leave_processes_behind(cluster: &Cluster) {
+    let file = cluster.dir.join("stamps");
+    // Stamps "d<run>" from the daemon and "m<run>" from the command, where <run> is the
+    // command's process id (leasehold runs it again after a renewal).
+    let script = format!(
+        "setsid sh -c 'while true; do echo \"d$1 $(date +%s%N)\" >> {f}; sleep 0.02; done' daemon $$ & while true; do echo \"m$$ $(date +%s%N)\" >> {f}; sleep 0.02; done",
+        f = file.display()
+    );
+    let args = run_args("a", "sig", vec!["sh".into(), "-c".into(), script]);
+    let mut run = cluster.spawn(&strs(&args));
+    wait_for("it runs", Duration::from_secs(10), || {
+        stamps(&file).iter().any(|(who, _)| who.starts_with('d'))
+    });
+    let first_daemon = stamps(&file)
+        .into_iter()
+        .find(|(who, _)| who.starts_with('d'))
+        .map(|(who, _)| who)
+        .expect("the daemon stamps");
+    signal_pid(guard_of(&run), "TERM");
+    let signalled = now_nanos();
+    sleep(Duration::from_millis(1500));
+    // Stopped within the grace period (500 ms), and not released meanwhile.
+    let daemon_late: Vec<_> = stamps(&file)
+        .into_iter()
+        .filter(|(who, t)| *who == first_daemon && *t > signalled + 700_000_000)
+        .collect();
+    assert!(
+        daemon_late.is_empty(),
+        "{} daemon stamps after the stop",
+        daemon_late.len()
+    );
+    assert_eq!(cluster.holder("sig").as_deref(), Some("a"), "still held");
+    // SIGKILL of the guard: leasehold stops, without releasing.
+    wait_for(
+        "running again after a renewal",
+        Duration::from_secs(10),
+        || {
+            stamps(&file)
+                .iter()
+                .any(|(_, t)| *t > signalled + 1_500_000_000)
+        },
+    );
+    signal_pid(guard_of(&run), "KILL");
+    let status = run.wait().expect("exits");
+    assert_ne!(status.code(), Some(0));
+    assert_eq!(
+        cluster.holder("sig").as_deref(),
+        Some("a"),
+        "left to expire"
+    );
+}

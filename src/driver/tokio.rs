@@ -216,10 +216,10 @@ impl Handle {
         let _ = done.wait_for(|done| *done).await;
     }
 
-    /// Stops the driver at once, as a crash would: no release. The leader work's token still
-    /// fires at `leader_until`.
-    pub fn abort(mut self) {
-        self.detached = true;
+    /// Stops the driver at once, as a crash would: no release (followers wait for the lease to
+    /// expire). The leader work's token still fires at `leader_until`. The handle stays usable
+    /// for `state` and `finished`.
+    pub fn abort(&self) {
         self.task.abort();
     }
 

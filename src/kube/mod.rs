@@ -554,7 +554,7 @@ impl<K: LockObject> ObjectLock<K> {
         let field = raw
             .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
             .and_then(|value| K::diagnose(&value));
-        let detail = field.map_or_else(|| e.to_string(), |f| f.to_string());
+        let detail = field.map_or_else(|| capped(e.to_string()), |f| capped(f.to_string()));
         LockError::new(
             LockErrorKind::InvalidRecord,
             format!("{} holds an unreadable record: {detail}", self.describe()),
@@ -769,6 +769,19 @@ fn role_yaml(namespace: &str, group: &str, plural: &str, verbs: &[&str]) -> Stri
     )
 }
 
+/// `text`, cut to a length a log line can carry (a decoding error may quote a whole object).
+pub(crate) fn capped(text: String) -> String {
+    const MAX: usize = 1024;
+    if text.len() <= MAX {
+        return text;
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} more bytes)", &text[..end], text.len() - end)
+}
+
 /// A kube error as a person reads it: for an API error the code, the reason and the server's
 /// message (kube-rs's own text repeats the whole `Status` as debug output).
 pub(crate) fn explain(e: &kube::Error) -> String {
@@ -813,7 +826,7 @@ pub(crate) fn classify(what: &str, e: kube::Error) -> LockError {
             .filter(|&s| s > 0),
         _ => None,
     };
-    let error = LockError::new(kind, format!("{what}: {}", explain(&e)));
+    let error = LockError::new(kind, format!("{what}: {}", capped(explain(&e))));
     match retry_after {
         Some(secs) => error.with_retry_after(std::time::Duration::from_secs(u64::from(secs))),
         None => error,

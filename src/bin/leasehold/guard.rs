@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! leasehold run ──(socket: deadlines)──> leasehold __guard ──> leasehold __exec ══exec══> COMMAND
-//!   the election                          subreaper, own group    parent-death signal, own group
+//!   the election                          subreaper, own group    parent-death signal,
+//!                                                                 leasehold's group
 //! ```
 //!
 //! * The wrapper tells the guard until when the term lasts (a `CLOCK_MONOTONIC` instant, which
@@ -13,13 +14,16 @@
 //!   unrenewed term ends (or at once when told to stop), and SIGKILL when the term ends. If the
 //!   wrapper dies (the socket closes), it kills everything at once.
 //! * The guard is a child subreaper: whatever the command starts and orphans, daemons that
-//!   `setsid` and double-fork included, is re-parented to it, found, killed with the command,
-//!   and reaped. When the command exits by itself, what it left behind gets SIGTERM and, after
-//!   the grace period (within the term), SIGKILL; the guard exits when nothing is left.
-//! * The guard and the command each have a process group of their own, so neither Ctrl-Z nor
-//!   `kill -STOP` aimed at leasehold stops the guard. When leasehold runs in the foreground of
-//!   a terminal, the command's group gets the terminal while it runs (as a shell does), so a
-//!   command that reads it is not stopped by SIGTTIN.
+//!   `setsid` and double-fork included, is re-parented to it, found (in `/proc`, zombie-state
+//!   thread-group leaders included) and killed with the command, and reaped. While killing, it
+//!   kills its own children again at every child's exit, to catch chains that fork and exit.
+//!   When the command exits by itself, what it left behind gets SIGTERM and, after the grace
+//!   period (within the term), SIGKILL; the guard exits when nothing is left.
+//! * The guard has a process group of its own, so neither Ctrl-Z nor a signal to leasehold's
+//!   group stops or kills it, and it catches every signal that would end it (a stray `pkill`)
+//!   and treats it as "stop the command now": it never dies with the command's processes alive,
+//!   but to SIGKILL. The command joins leasehold's process group: with leasehold it is one job
+//!   for a terminal (it may read it in the foreground; Ctrl-Z and Ctrl-C reach both).
 //! * `__exec` arms a parent-death signal (SIGKILL when the guard dies) and becomes the command
 //!   through `std`'s exec, which resets the signal mask and SIGPIPE (Rust ignores it) to their
 //!   defaults.
@@ -31,7 +35,7 @@ use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use nix::sys::signal::{SigSet, SigmaskHow, Signal, killpg, pthread_sigmask};
+use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -189,6 +193,9 @@ struct Guard {
     lines: tokio::io::Lines<tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>>,
     report: tokio::net::unix::OwnedWriteHalf,
     me: Pid,
+    /// `/proc` shows this PID namespace: the descendants can be found there. (If it shows
+    /// another, its numbers name other processes, and only the command itself is signalled.)
+    proc_is_ours: bool,
 }
 
 impl Guard {
@@ -198,6 +205,7 @@ impl Guard {
             lines: tokio::io::BufReader::new(read).lines(),
             report,
             me: nix::unistd::getpid(),
+            proc_is_ours: procs::proc_is_ours(),
         }
     }
 
@@ -224,9 +232,14 @@ impl Guard {
             .await;
             return e.code;
         }
-        let Ok(mut sigchld) = signal(SignalKind::child()) else {
+        let (Ok(mut exits), Some(mut signals)) = (signal(SignalKind::child()), Signals::catch())
+        else {
             return 125;
         };
+        // The command joins the wrapper's process group, so that it and `leasehold` are one job
+        // for a terminal (Ctrl-Z and Ctrl-C reach both; a command in the foreground may read
+        // it) and for whoever signals the group. The guard keeps a group of its own.
+        let job = nix::unistd::getpgid(Some(nix::unistd::getppid())).unwrap_or(self.me);
         let spawned = std::env::current_exe().and_then(|exe| {
             std::process::Command::new(exe)
                 .arg("__exec")
@@ -236,7 +249,7 @@ impl Guard {
                 .env_remove(SOCKET_ENV)
                 .env_remove(UNTIL_ENV)
                 .env_remove(GRACE_ENV)
-                .process_group(0)
+                .process_group(job.as_raw())
                 .spawn()
         });
         let child = match spawned {
@@ -248,7 +261,6 @@ impl Guard {
                 return 126;
             }
         };
-        let terminal = Terminal::hand_to(child);
         self.tell(FromGuard::Started(child.as_raw())).await;
         let mut status: Option<u8> = None;
         let mut stopping: Option<Stopping> = None;
@@ -279,6 +291,7 @@ impl Guard {
             if status.is_some() && stopping.is_none() {
                 stopping = Some(self.stop(child, term, false));
             }
+            let killing = stopping.is_some_and(|s| Instant::now() >= s.kill_at);
             let soft = from_monotonic(term.until).checked_sub(term.grace);
             tokio::select! {
                 biased;
@@ -299,13 +312,24 @@ impl Guard {
                         s.stopped = true;
                     }
                 },
-                _ = sigchld.recv() => {}
+                // Told to stop (`pkill`, a supervisor): stop everything, then go. The guard
+                // never dies with the command's descendants alive.
+                () = signals.recv() => {
+                    let s = stopping.get_or_insert_with(|| self.stop(child, term, true));
+                    s.stopped = true;
+                }
+                // While killing, a child's exit is the moment to kill what was re-parented here
+                // (the next link of a chain that forks and exits).
+                _ = exits.recv() => {
+                    if killing {
+                        self.kill_all(child);
+                    }
+                }
                 () = sleep_until(soft.unwrap_or_else(Instant::now)), if stopping.is_none() => {
                     stopping = Some(self.stop(child, term, true));
                 }
                 () = sleep_until(stopping.map_or_else(Instant::now, |s| s.kill_at)), if stopping.is_some() => {
-                    let _ = killpg(child, Signal::SIGKILL);
-                    procs::signal_descendants(self.me, Signal::SIGKILL);
+                    self.kill_all(child);
                     if let Some(s) = &mut stopping {
                         s.kill_at = Instant::now() + KILL_ROUND;
                     }
@@ -313,67 +337,74 @@ impl Guard {
                 () = sleep(TICK) => {}
             }
         };
-        if let Some(terminal) = terminal {
-            terminal.give_back();
-        }
         let stopped = stopping.is_some_and(|s| s.stopped);
         self.tell(FromGuard::Exited { code, stopped }).await;
         code
     }
 
-    /// SIGTERM to the command's group and to everything the guard has below it; SIGKILL is due
-    /// at the end of the term, or a grace period from now if that is earlier.
+    /// SIGTERM (and SIGCONT, for a stopped process) to the command and everything below the
+    /// guard; SIGKILL is due at the end of the term, or a grace period from now if that is
+    /// earlier.
     fn stop(&self, child: Pid, term: Term, stopped: bool) -> Stopping {
-        let _ = killpg(child, Signal::SIGTERM);
-        let _ = killpg(child, Signal::SIGCONT);
-        procs::signal_descendants(self.me, Signal::SIGTERM);
+        let _ = kill(child, Signal::SIGTERM);
+        let _ = kill(child, Signal::SIGCONT);
+        if self.proc_is_ours {
+            procs::signal_descendants(self.me, Signal::SIGTERM);
+        }
         let kill_at = from_monotonic(term.until).min(Instant::now() + term.grace);
         Stopping { kill_at, stopped }
     }
-}
 
-/// The controlling terminal, handed to the command's group while it runs.
-struct Terminal {
-    /// The group that had it (leasehold's).
-    owner: Pid,
-}
-
-impl Terminal {
-    /// Gives the terminal to `group` if leasehold runs in its foreground, as a shell gives it
-    /// to a job: a command reading it is then not stopped by SIGTTIN.
-    fn hand_to(group: Pid) -> Option<Terminal> {
-        let stdin = std::io::stdin();
-        if !nix::unistd::isatty(&stdin).unwrap_or(false) {
-            return None;
+    /// SIGKILL to the command and everything below the guard.
+    fn kill_all(&self, child: Pid) {
+        let _ = kill(child, Signal::SIGKILL);
+        if self.proc_is_ours {
+            procs::signal_descendants(self.me, Signal::SIGKILL);
         }
-        let wrapper = nix::unistd::getpgid(Some(nix::unistd::getppid())).ok()?;
-        if nix::unistd::tcgetpgrp(&stdin).ok()? != wrapper {
-            return None; // leasehold runs in the background: so does the command
-        }
-        with_ttou_blocked(|| nix::unistd::tcsetpgrp(&stdin, group)).ok()?;
-        // It may have read the terminal before it was its own, and been stopped for it.
-        let _ = killpg(group, Signal::SIGCONT);
-        Some(Terminal { owner: wrapper })
-    }
-
-    fn give_back(self) {
-        let stdin = std::io::stdin();
-        let _ = with_ttou_blocked(|| nix::unistd::tcsetpgrp(&stdin, self.owner));
     }
 }
 
-/// Runs `f` with SIGTTOU blocked: a background process may then set the terminal's foreground
-/// group.
-fn with_ttou_blocked<T>(f: impl FnOnce() -> T) -> T {
-    let mut ttou = SigSet::empty();
-    ttou.add(Signal::SIGTTOU);
-    let mut before = SigSet::empty();
-    let blocked = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&ttou), Some(&mut before)).is_ok();
-    let out = f();
-    if blocked {
-        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&before), None);
+/// The signals that would end the guard: caught, so that a stray `pkill` makes it stop the
+/// command (and everything below) instead of dying and leaving escaped processes to init. Job
+/// control signals are caught too, so that nothing stops the guard but SIGSTOP.
+struct Signals {
+    stop: Vec<tokio::signal::unix::Signal>,
+    _ignored: Vec<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn catch() -> Option<Signals> {
+        use nix::libc;
+        let catch = |kinds: &[i32]| -> Option<Vec<tokio::signal::unix::Signal>> {
+            kinds
+                .iter()
+                .map(|&k| signal(SignalKind::from_raw(k)).ok())
+                .collect()
+        };
+        Some(Signals {
+            stop: catch(&[
+                libc::SIGTERM,
+                libc::SIGINT,
+                libc::SIGHUP,
+                libc::SIGQUIT,
+                libc::SIGUSR1,
+                libc::SIGUSR2,
+                libc::SIGALRM,
+                libc::SIGVTALRM,
+                libc::SIGPROF,
+                libc::SIGXCPU,
+                libc::SIGXFSZ,
+                libc::SIGPWR,
+            ])?,
+            _ignored: catch(&[libc::SIGPIPE, libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU])?,
+        })
     }
-    out
+
+    /// One of the stopping signals arrived.
+    async fn recv(&mut self) {
+        let arrivals = self.stop.iter_mut().map(|s| Box::pin(s.recv()));
+        futures_util::future::select_all(arrivals).await;
+    }
 }
 
 /// `leasehold __exec -- COMMAND...`: arms a parent-death signal (SIGKILL when the guard dies),

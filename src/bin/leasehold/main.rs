@@ -228,13 +228,22 @@ fn main() -> ExitCode {
         Command::Exec { command } => return guard::exec(command),
         _ => {}
     }
+    // A background process that writes to a terminal with `stty tostop` is stopped by SIGTTOU:
+    // blocked, the write goes through (the command's own mask is reset at its exec). Before
+    // any thread starts, so that every thread has it blocked.
+    let mut ttou = nix::sys::signal::SigSet::empty();
+    ttou.add(nix::sys::signal::Signal::SIGTTOU);
+    let _ = ttou.thread_block();
     // Logs go through a non-blocking writer (lines are dropped while stderr is not drained): a
     // stalled log pipe must never block the thread that runs the election.
     let (writer, _flush_at_exit) = tracing_appender::non_blocking(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            // kube-client logs a whole response body when it cannot decode one; leasehold
+            // reports the error itself, briefly.
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,kube_client::client=error")
+            }),
         )
         .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -383,11 +392,26 @@ where
 {
     let identity = config.identity.clone();
     let release = config.release_on_cancel;
+    let led = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut work = work;
+    let leading = led.clone();
     let handle = LeaderElector::builder(config, lock)
-        .on_started_leading(work)
-        .on_stopped_leading(|| tracing::info!("stopped leading"))
+        .on_started_leading(move |leader| {
+            leading.store(true, std::sync::atomic::Ordering::Relaxed);
+            work(leader)
+        })
+        // Also called once at the end for a candidate that never led (client-go's rule).
+        .on_stopped_leading(move || {
+            if led.load(std::sync::atomic::Ordering::Relaxed) {
+                tracing::info!("stopped leading");
+            }
+        })
         .on_new_leader(|leader| {
-            let leader = leader.map_or_else(|| "nobody".to_string(), ToString::to_string);
+            // The identity comes from the lock: escaped, so it cannot forge log lines.
+            let leader = leader.map_or_else(
+                || "nobody".to_string(),
+                |l| l.as_str().escape_debug().to_string(),
+            );
             tracing::info!(%leader, "the lock names a new holder");
         })
         .build()

@@ -8,7 +8,7 @@ use std::time::Duration;
 use leasehold::lock::Lock;
 use leasehold::tokio::LeaderContext;
 use leasehold::{Config, FencingToken};
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -46,6 +46,9 @@ enum Ended {
     Exited(u8),
     /// It could not be started (127: not found, 126: not executable).
     NotRunnable(u8, String),
+    /// The guard died without a word (SIGKILL): processes the command left outside its group
+    /// may live on, re-parented out of reach, so the lock must not be released to a successor.
+    GuardDied(u8),
 }
 
 pub(crate) async fn run(args: RunArgs) -> Result<u8, Fatal> {
@@ -58,10 +61,17 @@ pub(crate) async fn run(args: RunArgs) -> Result<u8, Fatal> {
         .first()
         .map(OsString::as_os_str)
         .unwrap_or_default();
-    procs::find_program(program).map_err(|e| Fatal {
-        code: e.code,
-        message: e.message,
-    })?;
+    procs::find_program(program)
+        .and_then(|_| procs::fits_one_exec(&args.command))
+        .map_err(|e| Fatal {
+            code: e.code,
+            message: e.message,
+        })?;
+    if !procs::proc_is_ours() {
+        tracing::warn!(
+            "/proc shows another PID namespace: processes the command starts outside its own process cannot be found and killed; mount this namespace's /proc"
+        );
+    }
     let (client, namespace) = crate::client(&args.election.lock).await?;
     let config = args.election.config(&namespace, precision)?;
     let lease = format!("{namespace}/{}", args.election.lock.lease);
@@ -86,13 +96,15 @@ pub(crate) async fn run(args: RunArgs) -> Result<u8, Fatal> {
 }
 
 /// `--grace` must leave a healthy leader's renewals alone: between two renewals the remaining
-/// term shrinks to `renew_deadline - retry_period`, so a grace period that long stops the
-/// command between healthy renewals.
+/// term shrinks to `renew_deadline` minus the renewal interval (the retry period, or the lock's
+/// time precision if coarser: an annotation lock is renewed once a second at most), so a
+/// grace period that long stops the command between healthy renewals.
 fn check_grace(grace: Duration, config: &Config) -> Result<(), Fatal> {
-    let room = config.renew_deadline.saturating_sub(config.retry_period);
+    let interval = config.retry_period.max(config.time_precision);
+    let room = config.renew_deadline.saturating_sub(interval);
     if grace >= room {
         return Err(Fatal::usage(format!(
-            "--grace ({}) must be shorter than --renew-deadline minus --retry-period ({}): a healthy leader's term shrinks to that between two renewals, so a longer grace period would stop the command while the lease is fine",
+            "--grace ({}) must be shorter than --renew-deadline minus --retry-period (or the lock's time precision, if coarser) ({}): a healthy leader's term shrinks to that between two renewals, so a longer grace period would stop the command while the lease is fine",
             humantime::format_duration(grace),
             humantime::format_duration(room),
         )));
@@ -131,11 +143,21 @@ async fn elect<L: Lock>(
                 election.stop(&mut signals).await?;
                 return Err(Fatal { code, message });
             }
+            Ended::GuardDied(code) => {
+                election.handle.abort();
+                return Err(Fatal {
+                    code,
+                    message: "the command's guard was killed: the lock is left to expire rather than released, since what the command started may live on out of reach".into(),
+                });
+            }
         },
         _ = signals.recv() => 0,
-        outcome = election.trouble() => {
-            election.stop(&mut signals).await?;
-            return Err(outcome);
+        trouble = election.trouble() => {
+            // The trouble is what to report; a failed release after it is a consequence.
+            if let Err(e) = election.stop(&mut signals).await {
+                tracing::warn!("{}", e.message);
+            }
+            return Err(trouble);
         }
     };
     // Step down: the command gets SIGTERM (if it still runs) and at most the grace period;
@@ -153,10 +175,13 @@ async fn lead(spec: Spec, leader: LeaderContext, ended: mpsc::UnboundedSender<En
         let started = Instant::now();
         let mut guard = match Guarded::start(&spec, &leader).await {
             Ok(guard) => guard,
+            // Out of processes, say: try again (at the restart floor) while the term lasts.
             Err(e) => {
-                tracing::error!(error = %e, "cannot start the command's guard");
-                let _ = ended.send(Ended::Exited(125));
-                return;
+                tracing::error!(error = %e, "cannot start the command's guard: trying again");
+                tokio::select! {
+                    () = leader.cancel.cancelled() => return,
+                    () = sleep_until(started + RESTART_FLOOR) => continue,
+                }
             }
         };
         match guard.supervise(&leader, spec.grace).await {
@@ -178,6 +203,10 @@ async fn lead(spec: Spec, leader: LeaderContext, ended: mpsc::UnboundedSender<En
             }
             Outcome::NotRunnable(code, message) => {
                 let _ = ended.send(Ended::NotRunnable(code, message));
+                return;
+            }
+            Outcome::GuardDied(code) => {
+                let _ = ended.send(Ended::GuardDied(code));
                 return;
             }
             // Stopped before the term's end for want of a renewal: run again only once a
@@ -206,6 +235,8 @@ enum Outcome {
     Stopped { end: Instant },
     /// It could not be started.
     NotRunnable(u8, String),
+    /// The guard died without reporting (with this status).
+    GuardDied(u8),
 }
 
 /// A command under its guard.
@@ -214,8 +245,8 @@ struct Guarded {
     pid: Pid,
     lines: tokio::io::Lines<tokio::io::BufReader<tokio::net::unix::OwnedReadHalf>>,
     orders: tokio::net::unix::OwnedWriteHalf,
-    /// The command's process group, once the guard reported it.
-    group: Option<Pid>,
+    /// The command's process id, once the guard reported it.
+    command: Option<Pid>,
 }
 
 impl Guarded {
@@ -277,7 +308,7 @@ impl Guarded {
             pid,
             lines: tokio::io::BufReader::new(read).lines(),
             orders,
-            group: None,
+            command: None,
         };
         // A renewal may have come while the guard started.
         let until = *leader.until.borrow();
@@ -312,7 +343,7 @@ impl Guarded {
                 line = self.lines.next_line() => {
                     match line.ok().flatten().as_deref().and_then(FromGuard::parse) {
                         Some(FromGuard::Started(pid)) => {
-                            self.group = Some(Pid::from_raw(pid));
+                            self.command = Some(Pid::from_raw(pid));
                             tracing::info!(pid, token = %leader.token, "leading: the command runs");
                         }
                         Some(FromGuard::Failed { code, message }) => {
@@ -324,14 +355,15 @@ impl Guarded {
                             tracing::info!(code, stopped, "the command ended");
                             return if stopped { Outcome::Stopped { end } } else { Outcome::Exited(code) };
                         }
-                        // The guard is gone without a word (killed): so is the command (its
-                        // parent-death signal), but not what it left in its group.
+                        // The guard is gone without a word (SIGKILL): so is the command (its
+                        // parent-death signal); what it started goes too, as far as it can
+                        // still be found.
                         None => {
-                            self.kill_group();
+                            self.kill_tree();
                             let status = self.child.wait().await;
                             let code = status.map_or(1, exit_code);
                             tracing::error!(code, "the command's guard died");
-                            return Outcome::Exited(code);
+                            return Outcome::GuardDied(code);
                         }
                     }
                 }
@@ -352,8 +384,7 @@ impl Guarded {
                 }
                 // The second line: the guard should have ended it all by now.
                 () = sleep_until(backup) => {
-                    self.kill_group();
-                    if procs::signal_descendants(self.pid, Signal::SIGKILL) {
+                    if self.kill_tree() {
                         tracing::warn!("the guard had not ended the command by the end of the term: killed it");
                     }
                     // Again in a moment, for what was forked meanwhile.
@@ -363,10 +394,12 @@ impl Guarded {
         }
     }
 
-    fn kill_group(&self) {
-        if let Some(group) = self.group {
-            let _ = killpg(group, Signal::SIGKILL);
+    /// SIGKILL to the command and everything below the guard; whether any was found.
+    fn kill_tree(&self) -> bool {
+        if let Some(command) = self.command {
+            let _ = nix::sys::signal::kill(command, Signal::SIGKILL);
         }
+        procs::proc_is_ours() && procs::signal_descendants(self.pid, Signal::SIGKILL)
     }
 }
 

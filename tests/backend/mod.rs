@@ -234,6 +234,14 @@ impl Backend {
         }
     }
 
+    /// Makes sure coordinated leader election's controller runs: kube-apiserver's own on the
+    /// real server (always, with its feature gate), the double's stand-in otherwise.
+    pub fn election_controller(&self) {
+        if let Server::Double(server) = &self.server {
+            server.start_election_controller();
+        }
+    }
+
     /// A namespace that does not exist.
     pub async fn missing_namespace(&self) -> String {
         let name = format!("{}-gone", self.namespace);

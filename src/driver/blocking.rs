@@ -379,6 +379,12 @@ impl Handle {
         }
     }
 
+    /// Starts what [`Handle::shutdown`] does, without waiting or consuming the handle (which
+    /// may be shared); [`Handle::finished`] then waits for the end.
+    pub fn stop(&self) {
+        let _ = self.tx.send(Message::Shutdown);
+    }
+
     /// Waits until the elector finishes (on its own, or after a shutdown from another
     /// thread) and its leader work has stopped or been given up, without consuming the handle.
     pub fn finished(&self) {

@@ -158,7 +158,7 @@ impl ControlPlane {
         write(
             "audit.yaml",
             &format!(
-                "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [\"RequestReceived\"]\nrules:\n  - level: Metadata\n    users: [{}]\n  - level: None\n",
+                "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [\"ResponseStarted\", \"ResponseComplete\", \"Panic\"]\nrules:\n  - level: Metadata\n    users: [{}]\n  - level: None\n",
                 users.join(", ")
             ),
         )?;
@@ -456,14 +456,35 @@ impl ControlPlane {
         name
     }
 
-    /// The audit log's completed requests of `user` (each a JSON event), in order.
+    /// The requests of `user` the apiserver received (each a JSON audit event, logged on
+    /// arrival, whatever became of the request), in order.
     pub fn requests_of(&self, user: &str) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.dir.join("audit.log"))
             .unwrap_or_default()
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|e| e["user"]["username"] == user && e["stage"] == "ResponseComplete")
+            .filter(|e| e["user"]["username"] == user && e["stage"] == "RequestReceived")
             .collect()
+    }
+
+    /// A kube client for `user` that reaches the apiserver at `url` (a proxy in front of it).
+    pub async fn client_via(&self, user: &str, namespace: &str, url: &str) -> kube::Client {
+        let text = self
+            .kubeconfig_text(user, namespace)
+            .replace(&self.url, url);
+        let kubeconfig = kube::config::Kubeconfig::from_yaml(&text).expect("a valid kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("a client configuration for the real API server");
+        kube::Client::try_from(config).expect("a client for the real API server")
+    }
+
+    /// The apiserver's address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.url
+            .trim_start_matches("https://")
+            .parse()
+            .expect("the apiserver listens on an address")
     }
 
     /// The sum of `apiserver_request_total` over the series whose labels contain all of

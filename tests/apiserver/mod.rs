@@ -4,37 +4,44 @@
 //!
 //! # What it implements
 //!
-//! * Resources: `coordination.k8s.io/v1` leases, core/v1 endpoints and configmaps (namespaced),
-//!   and `events.k8s.io/v1` events (accepted and kept, for the event tests).
-//! * Verbs: GET (object or list, with `fieldSelector=metadata.name=<name>`), GET with
-//!   `watch=true` (newline-delimited watch events from `resourceVersion` on, history replayed,
-//!   then live), POST (create: 409 `AlreadyExists` if present), PUT (replace: 404 if absent,
-//!   409 `Conflict` if `metadata.resourceVersion` is stale; without one it is unconditional, as
-//!   Kubernetes does; an update that leaves the object as stored is a no-op answered with the
-//!   unchanged `resourceVersion` and no watch event, as the API server's `GuaranteedUpdate`
-//!   does), DELETE, and PATCH for events.
+//! * Resources: `coordination.k8s.io/v1` leases and `v1beta1` leasecandidates, core/v1
+//!   endpoints, configmaps and pods (namespaced), and `events.k8s.io/v1` events.
+//! * Verbs: GET (object or list, with `fieldSelector=metadata.name=<name>` and equality label
+//!   selectors), GET with `watch=true` (without a version: the current objects as ADDED, then
+//!   live; from a version: the events since, or one `ERROR` event `410 Expired` when it is older
+//!   than the kept window of 1000 events, or after `compact`), POST (validated before the
+//!   AlreadyExists check), PUT (a Lease or LeaseCandidate update needs `resourceVersion`: 422
+//!   without; a missing Lease, LeaseCandidate or Endpoints is created by a PUT without one, 409
+//!   with one; a stale one is 409 `Conflict`; an update that leaves the object as stored is a
+//!   no-op answered with the unchanged `resourceVersion` and no watch event), DELETE (the
+//!   DELETED event carries the deletion's version), and JSON merge patches of pods (no-ops
+//!   when unchanged).
+//! * Validation as the real server does it for these kinds: MicroTime's exact form (400,
+//!   normalised to UTC), `int32` fields (400), object names (422), `leaseDurationSeconds > 0`
+//!   and `leaseTransitions >= 0` (422), and a LeaseCandidate's versions, strategy and lease
+//!   name (422), with the server's messages and `Status` details (group, plural, causes).
 //! * `resourceVersion`: one counter for the whole server, bumped by every write; objects get a
-//!   `uid` and `creationTimestamp` on create.
-//! * Validation: a Lease whose `spec.leaseDurationSeconds` is not positive is refused with 422,
-//!   as the real API server does (client-go once tripped on this when releasing).
-//! * Errors come as `Status` bodies: 404 `NotFound`, 409 `AlreadyExists` / `Conflict`, 422
-//!   `Invalid`, 429 `TooManyRequests`, 500 `InternalError`.
+//!   UUID-shaped `uid` and their `creationTimestamp` on create; list items carry no kind.
+//! * Users: the bearer token names the user (none: `admin`); `alice` may do only what `grant`
+//!   allows, everyone else everything `deny` does not refuse; 403 messages as the server's.
 //! * Faults on demand: latency, failing the next N requests or every Nth with a status (429
-//!   and 503 carry `Retry-After` and `details.retryAfterSeconds`), hanging requests until
-//!   released, black-holing requests for good, dropping connections without an answer, bursts
-//!   of writes by a foreign writer, a deleted namespace (reads 404, creates 404 `namespaces
-//!   "x" not found`), and RBAC refusing verbs (403 on the request, `allowed: false` in a
-//!   SelfSubjectAccessReview).
-//! * Namespaces (GET one), SelfSubjectAccessReviews, and dry-run creates (validated, not
-//!   stored), for preflight checks.
+//!   and 503 carry `Retry-After` and `details.retryAfterSeconds`), failing PATCHes, hanging
+//!   requests until released, black-holing requests for good, dropping connections without an
+//!   answer, bursts of writes by a foreign writer, a deleted namespace (reads 404, creates and
+//!   updates 404 `namespaces "x" not found`), RBAC refusing verbs, restarts on the same port,
+//!   and a stand-in for the coordinated election controller (`start_election_controller`).
+//! * Namespaces (GET one), SelfSubjectAccessReviews, discovery of
+//!   `coordination.k8s.io/v1beta1`, and dry-run creates (validated, not stored).
+//!
+//! `tests/fidelity.rs` sends one script of requests to this server and to a real one and
+//! compares the answers field by field.
 //!
 //! # What it does not
 //!
-//! Authentication and authorization, label selectors other than equality on lists,
-//! pagination (`limit`/`continue`), server-side apply, strategic-merge or JSON patches (PATCH
-//! is a JSON merge patch on pods, and is accepted for events and echoes its body), bookmarks,
-//! watch timeouts and `410 Gone` (history is kept whole), admission, garbage collection, and
-//! any resource other than the ones above.
+//! Authentication (tokens are names), server-side apply, strategic-merge or JSON patches,
+//! bookmarks, watch timeouts, pagination, `managedFields`, admission, garbage collection, the
+//! `Status` of a successful DELETE (it answers the object), and any resource other than the
+//! ones above.
 #![allow(dead_code)]
 // The test server is a stand-in for a real API server: it reads the real clocks.
 #![allow(clippy::disallowed_methods)]
@@ -59,6 +66,8 @@ use tokio::sync::{Notify, mpsc};
 /// The kinds of object the server stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
+    /// Only for `Status` details (namespaces are not stored).
+    Namespace,
     Lease,
     LeaseCandidate,
     Pod,
@@ -72,7 +81,7 @@ impl Kind {
         match self {
             Kind::Lease => "coordination.k8s.io/v1",
             Kind::LeaseCandidate => "coordination.k8s.io/v1beta1",
-            Kind::Endpoints | Kind::ConfigMap | Kind::Pod => "v1",
+            Kind::Endpoints | Kind::ConfigMap | Kind::Pod | Kind::Namespace => "v1",
             Kind::Event => "events.k8s.io/v1",
         }
     }
@@ -83,9 +92,24 @@ impl Kind {
             Kind::LeaseCandidate => "LeaseCandidate",
             Kind::Endpoints => "Endpoints",
             Kind::Pod => "Pod",
+            Kind::Namespace => "Namespace",
             Kind::ConfigMap => "ConfigMap",
             Kind::Event => "Event",
         }
+    }
+
+    /// The API group (`""` for the core group).
+    pub fn group(self) -> &'static str {
+        match self {
+            Kind::Lease | Kind::LeaseCandidate => "coordination.k8s.io",
+            Kind::Event => "events.k8s.io",
+            Kind::Endpoints | Kind::ConfigMap | Kind::Pod | Kind::Namespace => "",
+        }
+    }
+
+    /// The plural, as URLs and `Status` details name it.
+    pub fn plural(self) -> &'static str {
+        self.resource().split('.').next().unwrap_or_default()
     }
 
     pub fn resource(self) -> &'static str {
@@ -95,12 +119,16 @@ impl Kind {
             Kind::Endpoints => "endpoints",
             Kind::ConfigMap => "configmaps",
             Kind::Pod => "pods",
+            Kind::Namespace => "namespaces",
             Kind::Event => "events.events.k8s.io",
         }
     }
 }
 
 type Key = (Kind, String, String);
+
+/// How many events the watch history keeps.
+const HISTORY: usize = 1000;
 type Body = BoxBody<Bytes, Infallible>;
 
 struct Watcher {
@@ -128,6 +156,8 @@ struct State {
     resource_version: u64,
     objects: BTreeMap<Key, Value>,
     history: Vec<(u64, Key, &'static str, Value)>,
+    /// Watches from before this version get `410 Expired` (the history is a window).
+    compacted_to: u64,
     watchers: Vec<Watcher>,
     faults: Faults,
     requests: Vec<String>,
@@ -246,15 +276,16 @@ impl ApiServer {
 
     /// Starts a stand-in for kube-apiserver's coordinated leader election controller, as
     /// observed on 1.36: for a Lease that is absent, released or expired and has
-    /// LeaseCandidates, it writes `pingTime` to every candidate, counts those whose `renewTime`
-    /// then passes the ping within 5 s, and names the best of them (oldest emulation version,
-    /// then binary version, then name) as `holderIdentity`, with `leaseTransitions` and
-    /// `acquireTime` untouched. While the Lease is held, a better candidate renewed within the
-    /// last 5 s becomes its `preferredHolder`.
+    /// LeaseCandidates, it pings the candidates not renewed in the last 5 s (`pingTime`), waits
+    /// up to 5 s for them, and names the best fresh one (oldest emulation version, then binary
+    /// version, then the older candidate) as `holderIdentity`, with `leaseDurationSeconds: 5`,
+    /// a fresh `renewTime`, no `acquireTime` or `preferredHolder`, `leaseTransitions` untouched;
+    /// it leaves an expired Lease alone when its holder is the best already. While the Lease is
+    /// held, a better candidate renewed within the last 5 s becomes its `preferredHolder`.
     pub fn start_election_controller(&self) {
         let shared = self.shared.clone();
         let task = tokio::spawn(async move {
-            let mut pings = BTreeMap::new();
+            let mut pings: BTreeMap<(String, String), i64> = BTreeMap::new();
             loop {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 shared
@@ -382,8 +413,9 @@ impl ApiServer {
     pub fn delete(&self, kind: Kind, namespace: &str, name: &str) {
         let mut st = self.state();
         let key = (kind, namespace.to_string(), name.to_string());
-        if let Some(object) = st.objects.remove(&key) {
+        if let Some(mut object) = st.objects.remove(&key) {
             st.resource_version += 1;
+            object["metadata"]["resourceVersion"] = json!(st.resource_version.to_string());
             st.notify(&key, "DELETED", &object);
         }
     }
@@ -406,6 +438,14 @@ impl ApiServer {
     /// Answers the next requests with these statuses, in order.
     pub fn fail_next(&self, statuses: &[u16]) {
         self.state().faults.fail_next.extend(statuses);
+    }
+
+    /// Forgets the watch history, as the watch cache's window moves on: watches from an older
+    /// version get `410 Expired`.
+    pub fn compact(&self) {
+        let mut st = self.state();
+        st.compacted_to = st.resource_version;
+        st.history.clear();
     }
 
     /// Stops serving `coordination.k8s.io/v1beta1` (as with the feature gate off).
@@ -510,20 +550,19 @@ fn micros_of(v: &Value) -> Option<i64> {
         .map(leasehold::Timestamp::unix_micros)
 }
 
-/// `1.36.2` as numbers, for ordering.
-fn semver(v: &Value) -> Vec<u64> {
-    v.as_str()
-        .unwrap_or("")
-        .split('.')
-        .map(|p| p.parse().unwrap_or(u64::MAX))
-        .collect()
+/// A version for ordering (semver; unparsable ones last).
+fn version_key(v: &Value) -> (bool, (u64, u64, u64, bool, String)) {
+    match parse_semver(v.as_str().unwrap_or("")) {
+        Some(parsed) => (false, parsed),
+        None => (true, (0, 0, 0, false, String::new())),
+    }
 }
 
 impl State {
     /// One round of the election controller's stand-in (see
-    /// [`ApiServer::start_election_controller`]); `pings` holds when each Lease's candidates
-    /// were pinged.
-    fn elect(&mut self, pings: &mut BTreeMap<(String, String), (std::time::Instant, i64)>) {
+    /// [`ApiServer::start_election_controller`]); `pings` holds when each Lease's stale
+    /// candidates were pinged.
+    fn elect(&mut self, pings: &mut BTreeMap<(String, String), i64>) {
         let now = wall_micros();
         let mut groups: BTreeMap<(String, String), Vec<(String, Value)>> = BTreeMap::new();
         for ((kind, ns, name), object) in &self.objects {
@@ -539,37 +578,48 @@ impl State {
         for ((ns, lease), candidates) in groups {
             let key = (Kind::Lease, ns.clone(), lease.clone());
             let current = self.objects.get(&key).cloned();
-            let holder = current.as_ref().and_then(|l| {
-                let spec = &l["spec"];
-                let holder = spec["holderIdentity"].as_str().filter(|h| !h.is_empty())?;
-                let renewed = micros_of(&spec["renewTime"])?;
-                let lds = spec["leaseDurationSeconds"].as_i64().unwrap_or(0);
-                (renewed + lds * 1_000_000 > now).then(|| holder.to_string())
+            let named = current.as_ref().and_then(|l| {
+                l["spec"]["holderIdentity"]
+                    .as_str()
+                    .filter(|h| !h.is_empty())
+                    .map(str::to_string)
             });
-            let best = |among: Vec<&(String, Value)>| {
+            let expired = current.as_ref().is_none_or(|l| {
+                let spec = &l["spec"];
+                let renewed = micros_of(&spec["renewTime"]).unwrap_or(0);
+                let lds = spec["leaseDurationSeconds"].as_i64().unwrap_or(0);
+                renewed + lds * 1_000_000 <= now
+            });
+            // Fresh: renewed within the last 5 s.
+            let fresh = |c: &Value| {
+                micros_of(&c["spec"]["renewTime"]).is_some_and(|r| r >= now - 5_000_000)
+            };
+            // Oldest emulation version, then binary version, then the older candidate.
+            let best = |among: &[&(String, Value)]| {
                 among
-                    .into_iter()
+                    .iter()
                     .min_by_key(|(name, c)| {
                         (
-                            semver(&c["spec"]["emulationVersion"]),
-                            semver(&c["spec"]["binaryVersion"]),
+                            version_key(&c["spec"]["emulationVersion"]),
+                            version_key(&c["spec"]["binaryVersion"]),
+                            c["metadata"]["creationTimestamp"]
+                                .as_str()
+                                .unwrap_or("")
+                                .to_string(),
                             name.clone(),
                         )
                     })
                     .map(|(name, c)| (name.clone(), c["spec"]["strategy"].clone()))
             };
-            let renewed_since = |c: &Value, since: i64| {
-                micros_of(&c["spec"]["renewTime"]).is_some_and(|r| r >= since)
-            };
-            match holder {
-                Some(holder) => {
+            let eligible: Vec<&(String, Value)> =
+                candidates.iter().filter(|(_, c)| fresh(c)).collect();
+            match (&named, expired) {
+                // Held: a better fresh candidate (or the holder's candidate gone) makes
+                // itself the preferred holder.
+                (Some(holder), false) => {
                     pings.remove(&(ns.clone(), lease.clone()));
-                    let fresh: Vec<_> = candidates
-                        .iter()
-                        .filter(|(_, c)| renewed_since(c, now - 5_000_000))
-                        .collect();
-                    if let Some((better, _)) = best(fresh)
-                        && better != holder
+                    if let Some((better, _)) = best(&eligible)
+                        && better != *holder
                         && let Some(mut l) = current
                         && l["spec"]["preferredHolder"].as_str() != Some(better.as_str())
                     {
@@ -577,39 +627,46 @@ impl State {
                         self.write(key, l);
                     }
                 }
-                None => match pings.get(&(ns.clone(), lease.clone())).copied() {
-                    None => {
-                        for (name, mut c) in candidates {
+                // Absent, released or expired: ping the stale candidates (once), wait up to
+                // 5 s for their answers, then name the best fresh one.
+                _ => {
+                    let stale: Vec<&(String, Value)> =
+                        candidates.iter().filter(|(_, c)| !fresh(c)).collect();
+                    let pinged = pings.get(&(ns.clone(), lease.clone())).copied();
+                    if !stale.is_empty() && pinged.is_none() {
+                        for (name, c) in stale {
+                            let mut c = c.clone();
                             c["spec"]["pingTime"] = micro_time(now);
-                            self.write((Kind::LeaseCandidate, ns.clone(), name), c);
+                            self.write((Kind::LeaseCandidate, ns.clone(), name.clone()), c);
                         }
-                        pings.insert((ns, lease), (std::time::Instant::now(), now));
+                        pings.insert((ns.clone(), lease.clone()), now);
+                        continue;
                     }
-                    Some((started, pinged_at)) => {
-                        let answered: Vec<_> = candidates
-                            .iter()
-                            .filter(|(_, c)| renewed_since(c, pinged_at))
-                            .collect();
-                        if !answered.is_empty() && started.elapsed() >= Duration::from_millis(100) {
-                            if let Some((chosen, strategy)) = best(answered) {
-                                let mut l = current.unwrap_or_else(|| json!({"spec": {}}));
-                                let spec = &mut l["spec"];
-                                spec["holderIdentity"] = json!(chosen);
-                                spec["leaseDurationSeconds"] = json!(15);
-                                spec["renewTime"] = micro_time(now);
-                                spec["strategy"] = strategy;
-                                if let Some(spec) = spec.as_object_mut() {
-                                    spec.remove("preferredHolder");
-                                }
-                                self.write(key, l);
-                            }
-                            pings.remove(&(ns, lease));
-                        } else if started.elapsed() >= Duration::from_secs(5) {
-                            // Nobody answered: ping again.
-                            pings.remove(&(ns, lease));
-                        }
+                    let waiting =
+                        !stale.is_empty() && pinged.is_some_and(|at| now < at + 5_000_000);
+                    if waiting {
+                        continue;
                     }
-                },
+                    pings.remove(&(ns.clone(), lease.clone()));
+                    let Some((chosen, strategy)) = best(&eligible) else {
+                        continue;
+                    };
+                    // The best is the holder of the expired lease already: left as it is.
+                    if named.as_deref() == Some(chosen.as_str()) {
+                        continue;
+                    }
+                    let mut l = current.unwrap_or_else(|| json!({"spec": {}}));
+                    let spec = &mut l["spec"];
+                    spec["holderIdentity"] = json!(chosen);
+                    spec["leaseDurationSeconds"] = json!(5);
+                    spec["renewTime"] = micro_time(now);
+                    spec["strategy"] = strategy;
+                    if let Some(spec) = spec.as_object_mut() {
+                        spec.remove("preferredHolder");
+                        spec.remove("acquireTime");
+                    }
+                    self.write(key, l);
+                }
             }
         }
     }
@@ -636,6 +693,12 @@ impl State {
     fn notify(&mut self, key: &Key, event: &'static str, object: &Value) {
         let rv = self.resource_version;
         self.history.push((rv, key.clone(), event, object.clone()));
+        // The watch cache keeps a window of recent events; older versions are "too old".
+        if self.history.len() > HISTORY {
+            let dropped = self.history.len() - HISTORY;
+            self.compacted_to = self.history[dropped - 1].0;
+            self.history.drain(..dropped);
+        }
         let line = watch_line(event, object);
         self.watchers.retain(|w| {
             if w.kind == key.0
@@ -671,8 +734,26 @@ fn stamp(object: &mut Value, kind: Kind, namespace: &str, name: &str, rv: u64) {
     meta["namespace"] = json!(namespace);
     meta["resourceVersion"] = json!(rv.to_string());
     if meta.get("uid").is_none() {
-        meta["uid"] = json!(format!("uid-{name}-{rv}"));
-        meta["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+        // A UUID-shaped uid, and the creation time in whole seconds.
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write(name.as_bytes());
+        h.write_u64(rv);
+        let (a, b) = (h.finish(), h.finish().rotate_left(17) ^ rv);
+        meta["uid"] = json!(format!(
+            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+            a >> 32,
+            (a >> 16) & 0xffff,
+            a & 0xfff,
+            b & 0xfff,
+            (b >> 16) & 0xffff_ffff_ffff
+        ));
+        let seconds = wall_micros() / 1_000_000 * 1_000_000;
+        meta["creationTimestamp"] = json!(
+            leasehold::Timestamp::from_unix_micros(seconds)
+                .map(leasehold::Timestamp::to_rfc3339_seconds)
+                .unwrap_or_default()
+        );
     }
 }
 
@@ -683,16 +764,30 @@ fn status(
     kind: Option<Kind>,
     name: &str,
 ) -> Response<Body> {
-    let body = json!({
+    // As the API server: the name when there is one, the group when not the core group, and
+    // the plural as the kind.
+    let mut details = serde_json::Map::new();
+    if !name.is_empty() {
+        details.insert("name".into(), json!(name));
+    }
+    if let Some(kind) = kind {
+        if !kind.group().is_empty() {
+            details.insert("group".into(), json!(kind.group()));
+        }
+        details.insert("kind".into(), json!(kind.plural()));
+    }
+    let mut body = json!({
         "kind": "Status",
         "apiVersion": "v1",
         "metadata": {},
         "status": "Failure",
         "message": message,
         "reason": reason,
-        "details": {"name": name, "kind": kind.map_or("", Kind::resource)},
         "code": code,
     });
+    if !details.is_empty() {
+        body["details"] = Value::Object(details);
+    }
     respond(
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         &body,
@@ -803,14 +898,7 @@ fn route(path: &str) -> Option<(Kind, String, Option<String>)> {
         },
         _ => return None,
     };
-    let plural = match kind {
-        Kind::Lease => "leases",
-        Kind::LeaseCandidate => "leasecandidates",
-        Kind::Event => "events",
-        Kind::Endpoints => "endpoints",
-        Kind::ConfigMap => "configmaps",
-        Kind::Pod => "pods",
-    };
+    let plural = kind.plural();
     match rest {
         [ns, p] if *p == plural => Some((kind, ns.to_string(), None)),
         [ns, p, name] if *p == plural => Some((kind, ns.to_string(), Some(name.to_string()))),
@@ -928,21 +1016,28 @@ async fn handle(
         return Ok(status(
             403,
             "Forbidden",
-            format!(
-                "{} \"{}\" is forbidden: User \"system:serviceaccount:{namespace}:test\" cannot {verb} resource \"{plural}\" in the namespace \"{namespace}\"",
-                kind.resource(),
-                name.clone().unwrap_or_default()
-            ),
+            match name.as_deref().filter(|_| verb != "create") {
+                Some(name) => format!(
+                    "{} \"{name}\" is forbidden: User \"{user}\" cannot {verb} resource \"{plural}\" in API group \"{}\" in the namespace \"{namespace}\"",
+                    kind.resource(),
+                    kind.group(),
+                ),
+                None => format!(
+                    "{} is forbidden: User \"{user}\" cannot {verb} resource \"{plural}\" in API group \"{}\" in the namespace \"{namespace}\"",
+                    kind.resource(),
+                    kind.group(),
+                ),
+            },
             Some(kind),
-            name.as_deref().unwrap_or(""),
+            name.as_deref().filter(|_| verb != "create").unwrap_or(""),
         ));
     }
-    if st.missing_namespaces.contains(&namespace) && verb == "create" {
+    if st.missing_namespaces.contains(&namespace) && (verb == "create" || verb == "update") {
         return Ok(status(
             404,
             "NotFound",
             format!("namespaces \"{namespace}\" not found"),
-            None,
+            Some(Kind::Namespace),
             &namespace,
         ));
     }
@@ -975,13 +1070,44 @@ async fn handle(
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
                 let (tx, rx) = mpsc::unbounded_channel();
-                for (rv, key, event, object) in &st.history {
-                    if *rv > from
-                        && key.0 == kind
-                        && key.1 == namespace
-                        && only.as_ref().is_none_or(|n| *n == key.2)
-                    {
-                        let _ = tx.send(watch_line(event, object));
+                let matches = |key: &Key| {
+                    key.0 == kind && key.1 == namespace && only.as_ref().is_none_or(|n| *n == key.2)
+                };
+                if from == 0 {
+                    // No version: the objects as they are now, then what follows.
+                    for (key, object) in &st.objects {
+                        if matches(key) {
+                            let _ = tx.send(watch_line("ADDED", object));
+                        }
+                    }
+                } else if from < st.compacted_to {
+                    // Older than the kept history: one ERROR event, and the stream ends.
+                    let line = watch_line(
+                        "ERROR",
+                        &json!({
+                            "kind": "Status",
+                            "apiVersion": "v1",
+                            "metadata": {},
+                            "status": "Failure",
+                            "message": format!("too old resource version: {from} ({})", st.compacted_to),
+                            "reason": "Expired",
+                            "code": 410,
+                        }),
+                    );
+                    let stream = futures_util::stream::once(async move {
+                        Ok::<_, Infallible>(Frame::data(line))
+                    });
+                    let mut response = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+                    response.headers_mut().insert(
+                        "content-type",
+                        hyper::header::HeaderValue::from_static("application/json"),
+                    );
+                    return Ok(response);
+                } else {
+                    for (rv, key, event, object) in &st.history {
+                        if *rv > from && matches(key) {
+                            let _ = tx.send(watch_line(event, object));
+                        }
                     }
                 }
                 st.watchers.push(Watcher {
@@ -1013,7 +1139,15 @@ async fn handle(
                                 .iter()
                                 .all(|(l, v)| object["metadata"]["labels"][l] == v.as_str())
                     })
-                    .map(|(_, v)| v.clone())
+                    .map(|(_, v)| {
+                        // List items carry no kind or apiVersion.
+                        let mut item = v.clone();
+                        if let Some(item) = item.as_object_mut() {
+                            item.remove("kind");
+                            item.remove("apiVersion");
+                        }
+                        item
+                    })
                     .collect();
                 respond(
                     StatusCode::OK,
@@ -1040,6 +1174,10 @@ async fn handle(
                 ));
             };
             let key = (kind, namespace.clone(), name.clone());
+            // The server validates before it looks for the name.
+            if let Some(invalid) = validate(kind, &mut object, &name) {
+                return Ok(invalid);
+            }
             if st.objects.contains_key(&key) {
                 return Ok(status(
                     409,
@@ -1048,9 +1186,6 @@ async fn handle(
                     Some(kind),
                     &name,
                 ));
-            }
-            if let Some(invalid) = validate(kind, &object, &name) {
-                return Ok(invalid);
             }
             if let Some(meta) = object["metadata"].as_object_mut() {
                 meta.remove("resourceVersion");
@@ -1072,20 +1207,12 @@ async fn handle(
                 return Ok(not_an_object(kind, &name));
             };
             let key = (kind, namespace.clone(), name.clone());
-            let Some(current) = st.objects.get(&key) else {
-                return Ok(not_found(kind, &name));
-            };
-            let current_rv = current["metadata"]["resourceVersion"]
+            let sent_rv = object["metadata"]["resourceVersion"]
                 .as_str()
-                .unwrap_or("")
-                .to_string();
-            let uid = current["metadata"]["uid"].clone();
-            let created = current["metadata"]["creationTimestamp"].clone();
-            if let Some(sent) = object["metadata"]["resourceVersion"].as_str()
-                && !sent.is_empty()
-                && sent != current_rv
-            {
-                return Ok(status(
+                .filter(|v| !v.is_empty())
+                .map(str::to_string);
+            let conflict = || {
+                status(
                     409,
                     "Conflict",
                     format!(
@@ -1094,9 +1221,64 @@ async fn handle(
                     ),
                     Some(kind),
                     &name,
+                )
+            };
+            // Leases, LeaseCandidates and Endpoints are created by an update (their strategies
+            // allow create-on-update), with or without a version.
+            let creates_on_update =
+                matches!(kind, Kind::Lease | Kind::LeaseCandidate | Kind::Endpoints);
+            if let Some(sent) = object["metadata"]["name"].as_str()
+                && sent != name
+            {
+                return Ok(status(
+                    400,
+                    "BadRequest",
+                    format!(
+                        "the name of the object ({sent}) does not match the name on the URL ({name})"
+                    ),
+                    None,
+                    "",
                 ));
             }
-            if let Some(invalid) = validate(kind, &object, &name) {
+            let Some(current) = st.objects.get(&key) else {
+                if !creates_on_update {
+                    return Ok(not_found(kind, &name));
+                }
+                if let Some(invalid) = validate(kind, &mut object, &name) {
+                    return Ok(invalid);
+                }
+                st.resource_version += 1;
+                let rv = st.resource_version;
+                stamp(&mut object, kind, &namespace, &name, rv);
+                st.commit(key, "ADDED", object.clone());
+                return Ok(respond(StatusCode::CREATED, &object));
+            };
+            // A Lease or LeaseCandidate update must say which version it replaces.
+            if sent_rv.is_none() && matches!(kind, Kind::Lease | Kind::LeaseCandidate) {
+                return Ok(respond(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &json!({
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "metadata": {},
+                        "status": "Failure",
+                        "message": format!("{} \"{name}\" is invalid: metadata.resourceVersion: Invalid value: 0: must be specified for an update", kind.resource()),
+                        "reason": "Invalid",
+                        "details": {"name": name, "group": kind.group(), "kind": kind.plural(), "causes": [{"reason": "FieldValueInvalid", "message": "Invalid value: 0: must be specified for an update", "field": "metadata.resourceVersion"}]},
+                        "code": 422,
+                    }),
+                ));
+            }
+            let current_rv = current["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let uid = current["metadata"]["uid"].clone();
+            let created = current["metadata"]["creationTimestamp"].clone();
+            if sent_rv.as_ref().is_some_and(|sent| *sent != current_rv) {
+                return Ok(conflict());
+            }
+            if let Some(invalid) = validate(kind, &mut object, &name) {
                 return Ok(invalid);
             }
             object["metadata"]["uid"] = uid;
@@ -1142,10 +1324,24 @@ async fn handle(
         (Method::DELETE, Some(name)) => {
             let key = (kind, namespace, name.clone());
             match st.objects.remove(&key) {
-                Some(object) => {
+                Some(mut object) => {
+                    // The DELETED event carries the deletion's revision.
                     st.resource_version += 1;
+                    object["metadata"]["resourceVersion"] = json!(st.resource_version.to_string());
                     st.notify(&key, "DELETED", &object);
-                    respond(StatusCode::OK, &object)
+                    if kind == Kind::Pod {
+                        respond(StatusCode::OK, &object)
+                    } else {
+                        // Everything else is answered with a Status of success.
+                        let mut details = json!({"name": name, "kind": kind.plural(), "uid": object["metadata"]["uid"]});
+                        if !kind.group().is_empty() {
+                            details["group"] = json!(kind.group());
+                        }
+                        respond(
+                            StatusCode::OK,
+                            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}),
+                        )
+                    }
                 }
                 None => not_found(kind, &name),
             }
@@ -1180,26 +1376,304 @@ fn not_found(kind: Kind, name: &str) -> Response<Body> {
     )
 }
 
-/// The real API server's validation, as far as the locks can trip on it.
-fn validate(kind: Kind, object: &Value, name: &str) -> Option<Response<Body>> {
-    if kind != Kind::Lease {
+/// What the real API server says of a body before it stores it: a 400 when it cannot decode
+/// it (times not in MicroTime's exact form, numbers that are no `int32`), a 422 when it is
+/// invalid (names, lease fields, a LeaseCandidate's versions). Times come back normalised (UTC,
+/// six fractional digits), as the server stores them.
+fn validate(kind: Kind, object: &mut Value, name: &str) -> Option<Response<Body>> {
+    let type_name = kind.name();
+    let cannot = |detail: String| {
+        status(
+            400,
+            "BadRequest",
+            format!(
+                "{type_name} in version \"{}\" cannot be handled as a {type_name}: {detail}",
+                kind.api_version().rsplit('/').next().unwrap_or("v1")
+            ),
+            None,
+            "",
+        )
+    };
+    let (times, ints): (&[&str], &[&str]) = match kind {
+        Kind::Lease => (
+            &["acquireTime", "renewTime"],
+            &["leaseDurationSeconds", "leaseTransitions"],
+        ),
+        Kind::LeaseCandidate => (&["pingTime", "renewTime"], &[]),
+        _ => (&[], &[]),
+    };
+    let spec_type = format!("{type_name}Spec");
+    for field in times {
+        let value = &object["spec"][*field];
+        if value.is_null() {
+            continue;
+        }
+        let Some(text) = value.as_str() else {
+            return Some(cannot(format!(
+                "json: cannot unmarshal {} into Go struct field {spec_type}.spec.{field} of type string",
+                json_type(value)
+            )));
+        };
+        match micro_time_text(text) {
+            Ok(normal) => object["spec"][*field] = json!(normal),
+            Err(tail) => {
+                return Some(cannot(format!(
+                    "parsing time \"{text}\" as \"2006-01-02T15:04:05.000000Z07:00\": {tail}"
+                )));
+            }
+        }
+    }
+    for field in ints {
+        let value = &object["spec"][*field];
+        if value.is_null() {
+            continue;
+        }
+        let fits = value.as_i64().is_some_and(|n| i32::try_from(n).is_ok());
+        if !fits {
+            let what = if value.is_number() {
+                format!("number {value}")
+            } else {
+                json_type(value).to_string()
+            };
+            return Some(cannot(format!(
+                "json: cannot unmarshal {what} into Go struct field {spec_type}.spec.{field} of type int32"
+            )));
+        }
+    }
+    for field in [
+        "holderIdentity",
+        "preferredHolder",
+        "strategy",
+        "leaseName",
+        "binaryVersion",
+        "emulationVersion",
+    ] {
+        let value = &object["spec"][field];
+        if !value.is_null()
+            && !value.is_string()
+            && matches!(kind, Kind::Lease | Kind::LeaseCandidate)
+        {
+            return Some(cannot(format!(
+                "json: cannot unmarshal {} into Go struct field {spec_type}.spec.{field} of type string",
+                json_type(value)
+            )));
+        }
+    }
+    let mut causes: Vec<(&str, String, String)> = Vec::new();
+    let invalid = |field: &str, value: &str, why: &str| {
+        (
+            "FieldValueInvalid",
+            field.to_string(),
+            format!("Invalid value: {value}: {why}"),
+        )
+    };
+    if kind == Kind::LeaseCandidate {
+        let key = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if name.is_empty() || name.len() > 253 || !name.chars().all(key) {
+            causes.push(invalid("metadata.name", &format!("{name:?}"), "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"));
+        }
+    } else if name.len() > 253 {
+        causes.push(invalid(
+            "metadata.name",
+            &format!("{name:?}"),
+            "must be no more than 253 characters",
+        ));
+    } else if !leasehold::kube::is_object_name(name) {
+        causes.push(invalid("metadata.name", &format!("{name:?}"), "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"));
+    }
+    let spec = &object["spec"];
+    match kind {
+        Kind::Lease => {
+            if let Some(n) = spec["leaseDurationSeconds"].as_i64().filter(|n| *n <= 0) {
+                causes.push(invalid(
+                    "spec.leaseDurationSeconds",
+                    &n.to_string(),
+                    "must be greater than 0",
+                ));
+            }
+            if let Some(n) = spec["leaseTransitions"].as_i64().filter(|n| *n < 0) {
+                causes.push(invalid(
+                    "spec.leaseTransitions",
+                    &n.to_string(),
+                    "must be greater than or equal to 0",
+                ));
+            }
+        }
+        Kind::LeaseCandidate => {
+            let text = |f: &str| spec[f].as_str().unwrap_or("").to_string();
+            let (lease, binary, emulation, strategy) = (
+                text("leaseName"),
+                text("binaryVersion"),
+                text("emulationVersion"),
+                text("strategy"),
+            );
+            let required = |field: &str, why: &str| {
+                (
+                    "FieldValueRequired",
+                    field.to_string(),
+                    format!("Required value{why}"),
+                )
+            };
+            if lease.is_empty() {
+                causes.push(required("spec.leaseName", ""));
+            }
+            let emulation_parsed = parse_semver(&emulation);
+            if !emulation.is_empty() && emulation_parsed.is_none() {
+                causes.push(invalid(
+                    "spec.emulationVersion",
+                    &format!("{emulation:?}"),
+                    "must be a valid semantic version",
+                ));
+            }
+            let binary_parsed = parse_semver(&binary);
+            if binary.is_empty() {
+                causes.push(required("spec.binaryVersion", ""));
+            } else if binary_parsed.is_none() {
+                causes.push(invalid(
+                    "spec.binaryVersion",
+                    &format!("{binary:?}"),
+                    "must be a valid semantic version",
+                ));
+            }
+            let zero = (0, 0, 0, true, String::new());
+            if !binary.is_empty()
+                && !emulation.is_empty()
+                && binary_parsed.clone().unwrap_or(zero.clone())
+                    < emulation_parsed.clone().unwrap_or(zero.clone())
+            {
+                causes.push(invalid(
+                    "spec.binaryVersion",
+                    &format!("{binary:?}"),
+                    "must be greater than or equal to `emulationVersion`",
+                ));
+            }
+            if strategy.is_empty() {
+                causes.push(required("spec.strategy", ""));
+            } else if strategy == "OldestEmulationVersion"
+                && emulation_parsed.unwrap_or(zero.clone()) == zero
+            {
+                causes.push(required(
+                    "spec.emulationVersion",
+                    ": must be specified when `strategy` is 'OldestEmulationVersion'",
+                ));
+            } else if strategy != "OldestEmulationVersion" && !strategy.contains('/') {
+                causes.push(("FieldValueNotSupported", "spec.strategy.strategy".into(), format!("Unsupported value: {strategy:?}: supported values: \"OldestEmulationVersion\"")));
+            }
+        }
+        _ => {}
+    }
+    if causes.is_empty() {
         return None;
     }
-    let lds = &object["spec"]["leaseDurationSeconds"];
-    if let Some(n) = lds.as_i64()
-        && n <= 0
-    {
-        return Some(status(
-            422,
-            "Invalid",
-            format!(
-                "Lease.coordination.k8s.io \"{name}\" is invalid: spec.leaseDurationSeconds: Invalid value: {n}: must be greater than 0"
-            ),
-            Some(kind),
-            name,
-        ));
+    let texts: Vec<String> = causes
+        .iter()
+        .map(|(_, field, why)| format!("{field}: {why}"))
+        .collect();
+    let what = if texts.len() == 1 {
+        texts[0].clone()
+    } else {
+        format!("[{}]", texts.join(", "))
+    };
+    let qualified = if kind.group().is_empty() {
+        type_name.to_string()
+    } else {
+        format!("{type_name}.{}", kind.group())
+    };
+    let mut body = json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": format!("{qualified} \"{name}\" is invalid: {what}"),
+        "reason": "Invalid",
+        "details": {
+            "name": name,
+            "kind": type_name,
+            "causes": causes.iter().map(|(reason, field, why)| json!({"reason": reason, "message": why, "field": field})).collect::<Vec<_>>(),
+        },
+        "code": 422,
+    });
+    if !kind.group().is_empty() {
+        body["details"]["group"] = json!(kind.group());
     }
-    None
+    Some(respond(StatusCode::UNPROCESSABLE_ENTITY, &body))
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// MicroTime's exact form (`2006-01-02T15:04:05.000000Z07:00`), normalised to UTC with six
+/// digits; else the tail of Go's parse error.
+fn micro_time_text(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| {
+        bytes
+            .get(range)
+            .is_some_and(|b| b.iter().all(u8::is_ascii_digit))
+    };
+    let date_ok = text.len() >= 19
+        && digits(0..4)
+        && bytes[4] == b'-'
+        && digits(5..7)
+        && bytes[7] == b'-'
+        && digits(8..10)
+        && bytes[10] == b'T'
+        && digits(11..13)
+        && bytes[13] == b':'
+        && digits(14..16)
+        && bytes[16] == b':'
+        && digits(17..19);
+    if !date_ok {
+        return Err(format!("cannot parse {text:?} as \"2006\""));
+    }
+    let rest = &text[19..];
+    let fraction = rest
+        .strip_prefix('.')
+        .map_or(0, |f| f.bytes().take_while(u8::is_ascii_digit).count());
+    if fraction < 6 {
+        return Err(format!("cannot parse {rest:?} as \".000000\""));
+    }
+    if fraction > 6 {
+        return Err(format!("cannot parse {:?} as \"Z07:00\"", &text[26..]));
+    }
+    leasehold::Timestamp::parse_rfc3339(text)
+        .map(|t| t.to_rfc3339_micros())
+        .map_err(|_| format!("cannot parse {:?} as \"Z07:00\"", &text[26..]))
+}
+
+/// blang/semver's strict form: `MAJOR.MINOR.PATCH[-PRE][+BUILD]`, ordered (a release after its
+/// pre-releases).
+fn parse_semver(text: &str) -> Option<(u64, u64, u64, bool, String)> {
+    let text = text.split('+').next()?;
+    let (core, pre) = match text.split_once('-') {
+        Some((core, pre)) if !pre.is_empty() => (core, Some(pre)),
+        Some(_) => return None,
+        None => (text, None),
+    };
+    let parts: Vec<&str> = core.split('.').collect();
+    let [a, b, c] = parts[..] else { return None };
+    let number = |p: &str| {
+        (!p.is_empty()
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && !(p.len() > 1 && p.starts_with('0')))
+        .then(|| p.parse().ok())
+        .flatten()
+    };
+    Some((
+        number(a)?,
+        number(b)?,
+        number(c)?,
+        pre.is_none(),
+        pre.unwrap_or("").to_string(),
+    ))
 }
 
 /// Namespaces (`GET /api/v1/namespaces/NAME`) and SelfSubjectAccessReviews, for preflight

@@ -60,12 +60,25 @@ async fn leasehold(
 }
 
 /// A `goelect` whose lead is reported in the returned flag.
-fn goelect(plane: &envtest::ControlPlane, ns: &str, id: &str, user: &str) -> (Child, Arc<Mutex<bool>>) {
+fn goelect(
+    plane: &envtest::ControlPlane,
+    ns: &str,
+    id: &str,
+    user: &str,
+) -> (Child, Arc<Mutex<bool>>) {
     let assets = std::path::PathBuf::from(std::env::var_os("KUBEBUILDER_ASSETS").expect("set"));
     let mut child = Command::new(assets.join("goelect"))
         .arg("--kubeconfig")
         .arg(plane.kubeconfig(user, ns))
-        .args(["--id", id, "--lease-name", "ctl", "--lease-namespace", ns, "--release-on-cancel"])
+        .args([
+            "--id",
+            id,
+            "--lease-name",
+            "ctl",
+            "--lease-namespace",
+            ns,
+            "--release-on-cancel",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -104,12 +117,17 @@ fn per_minute(plane: &envtest::ControlPlane, user: &str, from: usize) -> f64 {
 async fn run(plane: &'static envtest::ControlPlane) {
     println!("requests per minute (audit log, {WINDOW:?} windows, client-go's default timings):");
     for watch in [false, true] {
-        let ns = plane.namespace(if watch { "bench-watch" } else { "bench-poll" }).await;
+        let ns = plane
+            .namespace(if watch { "bench-watch" } else { "bench-poll" })
+            .await;
         let leader = leasehold(plane, &ns, "leader", "cand-0", watch).await;
         until(Duration::from_secs(20), || leader.is_leader()).await;
         let follower = leasehold(plane, &ns, "follower", "cand-1", watch).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let (l0, f0) = (plane.requests_of("cand-0").len(), plane.requests_of("cand-1").len());
+        let (l0, f0) = (
+            plane.requests_of("cand-0").len(),
+            plane.requests_of("cand-1").len(),
+        );
         tokio::time::sleep(WINDOW).await;
         let mode = if watch { "watching" } else { "polling" };
         println!(
@@ -122,10 +140,16 @@ async fn run(plane: &'static envtest::ControlPlane) {
     }
     let ns = plane.namespace("bench-goelect").await;
     let (mut a, a_leads) = goelect(plane, &ns, "go-a", "cand-2");
-    until(Duration::from_secs(20), || *a_leads.lock().expect("not poisoned")).await;
+    until(Duration::from_secs(20), || {
+        *a_leads.lock().expect("not poisoned")
+    })
+    .await;
     let (mut b, _) = goelect(plane, &ns, "go-b", "cand-3");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (l0, f0) = (plane.requests_of("cand-2").len(), plane.requests_of("cand-3").len());
+    let (l0, f0) = (
+        plane.requests_of("cand-2").len(),
+        plane.requests_of("cand-3").len(),
+    );
     tokio::time::sleep(WINDOW).await;
     println!(
         "  client-go (goelect): leader {:.1}/min, follower {:.1}/min",
@@ -133,17 +157,24 @@ async fn run(plane: &'static envtest::ControlPlane) {
         per_minute(plane, "cand-3", f0)
     );
     for child in [&mut a, &mut b] {
-        let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
         let _ = child.wait();
     }
 
     println!("handover after a graceful stop of the leader (time to the next leader):");
     let ns = plane.namespace("bench-handover").await;
     let (mut go, go_leads) = goelect(plane, &ns, "go", "cand-4");
-    until(Duration::from_secs(20), || *go_leads.lock().expect("not poisoned")).await;
+    until(Duration::from_secs(20), || {
+        *go_leads.lock().expect("not poisoned")
+    })
+    .await;
     let ours = leasehold(plane, &ns, "rs", "cand-5", true).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let _ = Command::new("kill").args(["-INT", &go.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-INT", &go.id().to_string()])
+        .status();
     let go_to_rs = until(Duration::from_secs(30), || ours.is_leader()).await;
     let _ = go.wait();
     println!("  client-go (SIGINT, release on cancel) -> leasehold (watching): {go_to_rs:?}");
@@ -151,12 +182,17 @@ async fn run(plane: &'static envtest::ControlPlane) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let start = Instant::now();
     ours.shutdown().await;
-    let rs_to_go = until(Duration::from_secs(30), || *go_leads.lock().expect("not poisoned")).await;
+    let rs_to_go = until(Duration::from_secs(30), || {
+        *go_leads.lock().expect("not poisoned")
+    })
+    .await;
     println!(
         "  leasehold (shutdown, release) -> client-go (polling every 2 s): {:?}",
         rs_to_go.map(|_| start.elapsed())
     );
-    let _ = Command::new("kill").args(["-INT", &go.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-INT", &go.id().to_string()])
+        .status();
     let _ = go.wait();
     let ns = plane.namespace("bench-rs-rs").await;
     let first = leasehold(plane, &ns, "one", "cand-6", true).await;

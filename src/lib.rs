@@ -210,10 +210,12 @@ pub mod time;
 pub use config::{AfterLoss, Config, ConfigError, Observation};
 #[cfg(feature = "blocking")]
 pub use driver::blocking;
+#[cfg(all(feature = "prometheus", any(feature = "tokio", feature = "blocking")))]
+pub use driver::prometheus;
 #[cfg(feature = "tokio")]
 pub use driver::tokio;
 #[cfg(any(feature = "tokio", feature = "blocking"))]
-pub use driver::{LeaderMetrics, LeaderState};
+pub use driver::{LeaderMetrics, LeaderState, Probe};
 pub use elector::{
     Action, Alert, Elector, Event, FencingToken, Input, Now, OpId, Role, StopReason, Unhealthy,
     WakeReason,

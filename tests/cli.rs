@@ -280,8 +280,8 @@ fn signal(child: &Child, signal: &str) {
 
 fn the_command_never_runs_twice_across_handover_and_crash(cluster: &Cluster) {
     let file = cluster.dir.join("stamps");
-    let mut a = run_stamping(&cluster, "a", &file);
-    let mut b = run_stamping(&cluster, "b", &file);
+    let mut a = run_stamping(cluster, "a", &file);
+    let mut b = run_stamping(cluster, "b", &file);
     wait_for("a first leader", Duration::from_secs(10), || {
         stamping_after(&file, 0).is_some()
     });
@@ -301,7 +301,7 @@ fn the_command_never_runs_twice_across_handover_and_crash(cluster: &Cluster) {
         stamping_after(&file, t).as_deref() == Some(second)
     });
     // Crash: SIGKILL to the leading leasehold; its command must die with it.
-    let mut c = run_stamping(&cluster, "c", &file);
+    let mut c = run_stamping(cluster, "c", &file);
     sleep(Duration::from_millis(300));
     signal(follower, "KILL");
     let killed = now_nanos();
@@ -325,7 +325,7 @@ fn the_command_never_runs_twice_across_handover_and_crash(cluster: &Cluster) {
 
 fn a_hung_api_server_gets_the_command_killed_by_the_end_of_the_term(cluster: &Cluster) {
     let file = cluster.dir.join("stamps");
-    let mut a = run_stamping(&cluster, "a", &file);
+    let mut a = run_stamping(cluster, "a", &file);
     wait_for("a leader", Duration::from_secs(10), || {
         stamping_after(&file, 0).is_some()
     });
@@ -604,9 +604,9 @@ fn the_sidecar_labels_its_pod_while_it_leads(cluster: &Cluster) {
         .spawn()
         .expect("starts");
     wait_for("the label", Duration::from_secs(10), || {
-        label(&cluster)["leasehold.dev/leader"] == "true"
+        label(cluster)["leasehold.dev/leader"] == "true"
     });
-    assert_eq!(label(&cluster)["app"], "side", "other labels kept");
+    assert_eq!(label(cluster)["app"], "side", "other labels kept");
     assert_eq!(
         cluster.holder("lbl").as_deref(),
         Some("side-0"),
@@ -614,7 +614,7 @@ fn the_sidecar_labels_its_pod_while_it_leads(cluster: &Cluster) {
     );
     signal(&serve, "TERM");
     assert!(serve.wait().expect("exits").success());
-    let labels = label(&cluster);
+    let labels = label(cluster);
     assert_eq!(labels["app"], "side", "the pod is still there");
     assert!(labels.get("leasehold.dev/leader").is_none(), "removed");
 }

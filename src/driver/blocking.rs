@@ -226,7 +226,8 @@ impl<L: BlockingLock> Builder<L> {
     ///
     /// # Errors
     /// An invalid configuration, or a missing callback, with client-go's messages.
-    pub fn build(self) -> Result<LeaderElector<L>, BuildError> {
+    pub fn build(mut self) -> Result<LeaderElector<L>, BuildError> {
+        self.name_after_the_lock(self.lock.describe());
         let changes = match self.config.observation {
             Observation::Watch => self.lock.watch(),
             Observation::Poll => None,
@@ -246,7 +247,7 @@ impl<L: BlockingLock> Builder<L> {
             on_stopped: parts.on_stopped,
             on_new_leader: parts.on_new_leader,
             core: parts.core,
-            errors: ErrorLog::default(),
+            errors: parts.errors,
             done: Done::default(),
             #[cfg(feature = "kube")]
             candidate: parts.candidate,
@@ -327,6 +328,12 @@ impl Drop for Handle {
 }
 
 impl Handle {
+    /// A cheap, cloneable view of this elector (state, checks, metrics), for a health endpoint
+    /// or a metrics registry that must not own the handle.
+    pub fn probe(&self) -> super::Probe {
+        super::Probe::new(self.shared.clone())
+    }
+
     /// The state after the driver's last step.
     pub fn state(&self) -> LeaderState {
         self.state

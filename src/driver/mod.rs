@@ -7,6 +7,8 @@
 
 #[cfg(feature = "blocking")]
 pub mod blocking;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 
@@ -14,7 +16,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::elector::{Alert, Elector, Event, FencingToken, Input, Now, Role, Unhealthy};
+use crate::elector::{
+    Alert, Elector, Event, FencingToken, Input, Now, Role, StopReason, Unhealthy,
+};
 use crate::lock::{LockError, LockErrorKind, LockRequest};
 use crate::record::Identity;
 use crate::time::{Instant, Timestamp};
@@ -120,11 +124,38 @@ pub struct ErrorReport {
     pub in_a_row: u64,
 }
 
+/// What the drivers count, for metrics.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Counts {
+    pub(crate) terms_started: u64,
+    /// Terms ended, by reason.
+    pub(crate) terms_lost: BTreeMap<&'static str, u64>,
+    /// Failed lock operations (lost races not counted), by kind.
+    pub(crate) lock_errors: BTreeMap<&'static str, u64>,
+    /// When the current term began or was last renewed.
+    pub(crate) renewed_at: Option<Instant>,
+}
+
+/// A snake_case label for why a term ended.
+pub(crate) fn stop_label(reason: &StopReason) -> &'static str {
+    match reason {
+        StopReason::RenewDeadlineExceeded => "renew_deadline_exceeded",
+        StopReason::LockTaken(_) => "lock_taken",
+        StopReason::LockDeleted => "lock_deleted",
+        StopReason::Yielded(_) => "yielded",
+        StopReason::IdentityClash => "identity_clash",
+        StopReason::Shutdown => "shutdown",
+    }
+}
+
 /// The elector, shared between the driver and its handle.
 #[derive(Clone)]
 pub(crate) struct Shared {
     elector: Arc<Mutex<Elector>>,
     pub(crate) clock: Clock,
+    /// The lock's name for logs and metrics ([`Config::name`](crate::Config::name)).
+    pub(crate) name: String,
+    pub(crate) counts: Arc<Mutex<Counts>>,
     /// The panic message of a leader work, once one panicked.
     panicked: Arc<Mutex<Option<String>>>,
     /// The LeaseCandidate registration, for its errors.
@@ -135,6 +166,8 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(elector: Elector, clock: Clock) -> Self {
         Shared {
+            name: elector.config().name.clone(),
+            counts: Arc::default(),
             elector: Arc::new(Mutex::new(elector)),
             clock,
             panicked: Arc::default(),
@@ -153,6 +186,14 @@ impl Shared {
             ));
         }
         None
+    }
+
+    /// The counts so far.
+    pub(crate) fn counts(&self) -> Counts {
+        self.counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Records that the leader work panicked with `message`, and logs it.
@@ -226,6 +267,64 @@ impl Shared {
     }
 }
 
+/// A cheap, cloneable view of a running elector for health endpoints, metrics and logs: what
+/// its handle answers, without the handle (which `shutdown` consumes). From `Handle::probe`.
+#[derive(Clone)]
+pub struct Probe {
+    pub(crate) shared: Shared,
+}
+
+impl Probe {
+    pub(crate) fn new(shared: Shared) -> Self {
+        Probe { shared }
+    }
+
+    /// The lock's name ([`Config::name`](crate::Config::name)).
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Whether this candidate leads right now (false from `leader_until` on, even if the
+    /// driver is stuck).
+    pub fn is_leader(&self) -> bool {
+        self.shared.is_leader()
+    }
+
+    /// The holder last observed.
+    pub fn leader(&self) -> Option<Identity> {
+        self.shared.elector().leader().cloned()
+    }
+
+    /// The state now.
+    pub fn state(&self) -> LeaderState {
+        self.shared.state()
+    }
+
+    /// The liveness check (see [`crate::Elector::check`]); client-go's usual tolerance is
+    /// 20 s.
+    ///
+    /// # Errors
+    /// What is wrong, naming the lock.
+    pub fn check(&self, max_tolerable_expired: Duration) -> Result<(), Unhealthy> {
+        self.shared.check(max_tolerable_expired)
+    }
+
+    /// The readiness check (see [`crate::Elector::check_ready`]).
+    ///
+    /// # Errors
+    /// What is wrong, naming the lock.
+    pub fn check_ready(&self, max_tolerable_expired: Duration) -> Result<(), Unhealthy> {
+        self.shared.check_ready(max_tolerable_expired)
+    }
+
+    /// How long since the current term began or was last renewed (`None` before the first
+    /// term).
+    pub fn since_renewal(&self) -> Option<Duration> {
+        let now = self.shared.clock.now().instant;
+        self.shared.counts().renewed_at.map(|at| now - at)
+    }
+}
+
 /// client-go's `LeaderMetric`: feed `leader_election_master_status{name}` (1 while leading,
 /// 0 otherwise) and `leader_election_slowpath_total{name}` to your metrics system. `name` is
 /// [`Config::name`](crate::Config::name). Unlike client-go, the status goes back to 0 on every
@@ -293,6 +392,7 @@ pub(crate) struct Parts<L, W> {
     pub(crate) on_stopped: StoppedFn,
     pub(crate) on_new_leader: Option<NewLeaderFn>,
     pub(crate) core: Core,
+    pub(crate) errors: ErrorLog,
     #[cfg(feature = "kube")]
     pub(crate) candidate: Option<crate::kube::LeaseCandidateRegistration>,
 }
@@ -309,6 +409,14 @@ impl<L, W> Builder<L, W> {
             metrics: None,
             #[cfg(feature = "kube")]
             candidate: None,
+        }
+    }
+
+    /// An empty `Config::name` becomes the lock's own description (`namespace/name`), for
+    /// logs, events and metrics.
+    pub(crate) fn name_after_the_lock(&mut self, describe: String) {
+        if self.config.name.is_empty() {
+            self.config.name = describe;
         }
     }
 
@@ -392,21 +500,27 @@ impl<L, W> Builder<L, W> {
         let clock = Clock::new();
         let seed = self.seed.unwrap_or_else(random_seed);
         let elector = Elector::new(self.config.clone(), clock.now(), seed)?;
+        let shared = Shared {
+            #[cfg(feature = "kube")]
+            registration: self.candidate.clone(),
+            ..Shared::new(elector, clock)
+        };
         let mut core = Core {
             name: self.config.name.clone(),
             metrics: self.metrics,
             terms_ended: 0,
             slow_paths: 0,
+            shared: shared.clone(),
         };
         core.metric(|m, name| m.off(name));
         Ok(Parts {
             config: self.config,
             lock: self.lock,
-            shared: Shared {
-                #[cfg(feature = "kube")]
-                registration: self.candidate.clone(),
-                ..Shared::new(elector, clock)
+            errors: ErrorLog {
+                counts: shared.counts.clone(),
+                ..ErrorLog::default()
             },
+            shared,
             on_started,
             on_stopped,
             on_new_leader: self.on_new_leader,
@@ -447,6 +561,8 @@ pub(crate) struct Core {
     metrics: Option<Box<dyn LeaderMetrics>>,
     terms_ended: u64,
     slow_paths: u64,
+    /// For the counts.
+    shared: Shared,
 }
 
 impl Core {
@@ -469,6 +585,25 @@ impl Core {
             Event::StartedLeading { .. } => self.metric(|m, name| m.on(name)),
             Event::StoppedLeading { .. } => self.metric(|m, name| m.off(name)),
             _ => {}
+        }
+        {
+            let now = self.shared.clock.now().instant;
+            let mut counts = self
+                .shared
+                .counts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match event {
+                Event::StartedLeading { .. } => {
+                    counts.terms_started += 1;
+                    counts.renewed_at = Some(now);
+                }
+                Event::Renewed { .. } => counts.renewed_at = Some(now),
+                Event::StoppedLeading { reason } => {
+                    *counts.terms_lost.entry(stop_label(reason)).or_default() += 1;
+                }
+                _ => {}
+            }
         }
         match event {
             Event::StartedLeading {
@@ -525,6 +660,8 @@ pub(crate) fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
 pub(crate) struct ErrorLog {
     /// Per kind (and whether it was a create): when last logged, and how many since.
     seen: BTreeMap<(LockErrorKind, bool), (std::time::Instant, u64)>,
+    /// Where the errors are counted (the elector's shared counts).
+    counts: Arc<Mutex<Counts>>,
 }
 
 impl ErrorLog {
@@ -541,6 +678,13 @@ impl ErrorLog {
             tracing::debug!(lock, %error, "lost a race for the lock");
             return;
         }
+        *self
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .lock_errors
+            .entry(error.kind.label())
+            .or_default() += 1;
         #[allow(clippy::disallowed_methods)] // rate limiting reads the real clock
         let now = std::time::Instant::now();
         let key = (error.kind, create);

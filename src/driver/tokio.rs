@@ -84,7 +84,8 @@ impl<L: Lock> Builder<L> {
     ///
     /// # Errors
     /// An invalid configuration, or a missing callback, with client-go's messages.
-    pub fn build(self) -> Result<LeaderElector<L>, BuildError> {
+    pub fn build(mut self) -> Result<LeaderElector<L>, BuildError> {
+        self.name_after_the_lock(self.lock.describe());
         let watch = match self.config.observation {
             Observation::Watch => self.lock.watch(),
             Observation::Poll => None,
@@ -99,7 +100,7 @@ impl<L: Lock> Builder<L> {
             shared: parts.shared,
             state_tx,
             done_tx,
-            errors: ErrorLog::default(),
+            errors: parts.errors,
             #[cfg(feature = "kube")]
             candidate: parts.candidate,
             watch,
@@ -153,6 +154,12 @@ impl Drop for Handle {
 }
 
 impl Handle {
+    /// A cheap, cloneable view of this elector (state, checks, metrics), for a health endpoint
+    /// or a metrics registry that must not own the handle.
+    pub fn probe(&self) -> super::Probe {
+        super::Probe::new(self.shared.clone())
+    }
+
     /// A receiver of the state, updated after every step.
     pub fn state(&self) -> watch::Receiver<LeaderState> {
         self.state.clone()

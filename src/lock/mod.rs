@@ -116,6 +116,22 @@ impl LockErrorKind {
     }
 }
 
+impl LockErrorKind {
+    /// A snake_case name, for metric labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::NotFound => "not_found",
+            Self::Conflict => "conflict",
+            Self::AlreadyExists => "already_exists",
+            Self::Timeout => "timeout",
+            Self::Unauthorized => "unauthorized",
+            Self::InvalidRecord => "invalid_record",
+            Self::Unavailable => "unavailable",
+            Self::Other => "other",
+        }
+    }
+}
+
 impl fmt::Display for LockErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

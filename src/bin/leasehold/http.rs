@@ -14,6 +14,7 @@ use kube::api::{ListParams, Patch, PatchParams};
 use leasehold::Config;
 use leasehold::lock::Lock;
 use leasehold::tokio::{Handle, LeaderContext};
+use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -242,7 +243,6 @@ async fn elect<L: Lock>(
     label: Option<PodLabel>,
     tolerance: Duration,
 ) -> Result<u8, Fatal> {
-    let name = config.name.clone();
     let retry = config.retry_period;
     let (leading_tx, leading) = watch::channel(false);
     let leading_tx = Arc::new(leading_tx);
@@ -262,7 +262,7 @@ async fn elect<L: Lock>(
             file.mark(false);
         }
     })?;
-    tokio::spawn(serve_on(listener, election.handle.clone(), name, tolerance));
+    tokio::spawn(serve_on(listener, election.handle.clone(), tolerance));
     let trouble = tokio::select! {
         _ = signals.recv() => None,
         fatal = election.trouble() => Some(fatal),
@@ -290,12 +290,10 @@ async fn elect<L: Lock>(
 /// Serves the endpoints until the process ends. At most [`MAX_CONNECTIONS`] are kept: a new
 /// connection closes the oldest, so idle or slow clients cannot starve the probes (which open a
 /// connection each time); each lasts at most [`CONNECTION_TIMEOUT`], headers within 5 s.
-pub(crate) async fn serve_on(
-    listener: TcpListener,
-    handle: Arc<Handle>,
-    name: String,
-    tolerance: Duration,
-) {
+pub(crate) async fn serve_on(listener: TcpListener, handle: Arc<Handle>, tolerance: Duration) {
+    let mut registry = Registry::default();
+    leasehold::prometheus::register(&mut registry, handle.probe());
+    let registry = Arc::new(registry);
     let open: Arc<std::sync::Mutex<std::collections::VecDeque<(u64, CancellationToken)>>> =
         Arc::default();
     for id in 0u64.. {
@@ -320,10 +318,10 @@ pub(crate) async fn serve_on(
             }
             open.push_back((id, closed.clone()));
         }
-        let (handle, name, open) = (handle.clone(), name.clone(), open.clone());
+        let (handle, registry, open) = (handle.clone(), registry.clone(), open.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let answer = answer(&req, &handle, &name, tolerance);
+                let answer = answer(&req, &handle, &registry, tolerance);
                 async move { Ok::<_, std::convert::Infallible>(answer) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
@@ -344,7 +342,7 @@ pub(crate) async fn serve_on(
 fn answer(
     req: &Request<hyper::body::Incoming>,
     handle: &Handle,
-    name: &str,
+    registry: &Registry,
     tolerance: Duration,
 ) -> Response<Full<Bytes>> {
     let head = req.method() == Method::HEAD;
@@ -377,24 +375,22 @@ fn answer(
             Ok(()) => text(StatusCode::OK, "ok\n".into()),
             Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
         },
+        // The library's metrics (the `prometheus` feature), in OpenMetrics text.
         "/metrics" => {
-            let leading = u8::from(handle.is_leader());
-            let name = name.replace('\\', "\\\\").replace('"', "\\\"");
-            let body = format!(
-                "# HELP leader_election_master_status Gauge of if the reporting system is master of the relevant lease, 0 indicates backup, 1 indicates master. 'name' is the string used to identify the lease.\n\
-                 # TYPE leader_election_master_status gauge\n\
-                 leader_election_master_status{{name=\"{name}\"}} {leading}\n\
-                 # HELP leader_election_slowpath_total Total number of slow path exercised in renewing leader leases. 'name' is the string used to identify the lease.\n\
-                 # TYPE leader_election_slowpath_total counter\n\
-                 leader_election_slowpath_total{{name=\"{name}\"}} {}\n",
-                state.slow_path_renewals
-            );
-            let mut response = text(StatusCode::OK, body);
-            response.headers_mut().insert(
-                hyper::header::CONTENT_TYPE,
-                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            response
+            let mut body = String::new();
+            match prometheus_client::encoding::text::encode(&mut body, registry) {
+                Ok(()) => {
+                    let mut response = text(StatusCode::OK, body);
+                    response.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static(
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        ),
+                    );
+                    response
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            }
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     };

@@ -153,11 +153,11 @@ pub(crate) fn signal_descendants(root: Pid, signal: Signal) -> bool {
 /// nobody has waited for within a second of being seen is waited for here. (The grace second
 /// leaves leasehold's own children, whose exit statuses other code waits for, alone.)
 pub(crate) async fn reap_orphans() {
-    use std::collections::HashMap;
+    use std::collections::BTreeMap;
     use tokio::signal::unix::{SignalKind, signal};
     let me = nix::unistd::getpid();
     let mut exits = signal(SignalKind::child()).ok();
-    let mut first_seen: HashMap<Pid, tokio::time::Instant> = HashMap::new();
+    let mut first_seen: BTreeMap<Pid, tokio::time::Instant> = BTreeMap::new();
     loop {
         let tick = tokio::time::sleep(Duration::from_secs(1));
         match &mut exits {

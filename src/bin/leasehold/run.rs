@@ -119,7 +119,6 @@ async fn elect<L: Lock>(
     http: Option<std::net::SocketAddr>,
     tolerance: Duration,
 ) -> Result<u8, Fatal> {
-    let name = config.name.clone();
     let (ended_tx, mut ended) = mpsc::unbounded_channel::<Ended>();
     let mut signals = crate::StopSignals::catch()?;
     let election = crate::start(config, lock, move |leader| {
@@ -132,7 +131,6 @@ async fn elect<L: Lock>(
         tokio::spawn(crate::http::serve_on(
             listener,
             election.handle.clone(),
-            name,
             tolerance,
         ));
     }

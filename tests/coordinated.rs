@@ -146,7 +146,7 @@ async fn the_controller_picks_the_oldest_version_and_tokens_rise(b: &Backend) {
     let older = spawn(b, "a", "1.36.0").await;
     until(Duration::from_secs(5), || older.is_leader()).await;
     assert!(!newer.is_leader());
-    let token = older.state().borrow().token.expect("leading");
+    let token = older.probe().state().token.expect("leading");
     assert!(
         token >= FencingToken(1),
         "a coordinated term counts a transition: {token}"
@@ -162,7 +162,7 @@ async fn a_better_late_candidate_leads_within_a_second_or_so(b: &Backend) {
     b.election_controller();
     let newer = spawn(b, "b", "1.37.0").await;
     until(Duration::from_secs(5), || newer.is_leader()).await;
-    let first = newer.state().borrow().token.expect("leading");
+    let first = newer.probe().state().token.expect("leading");
     // An older version joins: the controller prefers it; the leader yields and releases.
     let joined = Instant::now();
     let older = spawn(b, "a", "1.36.0").await;
@@ -177,7 +177,7 @@ async fn a_better_late_candidate_leads_within_a_second_or_so(b: &Backend) {
         "handover took {handover:?}"
     );
     assert!(!newer.is_leader());
-    let second = older.state().borrow().token.expect("leading");
+    let second = older.probe().state().token.expect("leading");
     assert!(second > first, "tokens rise: {first} then {second}");
     older.shutdown().await;
     newer.shutdown().await;

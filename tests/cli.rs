@@ -449,7 +449,7 @@ fn a_missing_namespace_or_permission_is_named_with_the_role_needed(cluster: &Clu
     cluster.runtime.block_on(cluster.backend.grant(
         "coordination.k8s.io",
         "leases",
-        &["get", "create"],
+        &["get", "create", "list", "watch"],
     ));
     let out = cluster
         .command(&["run", "--lease", "x", "--", "true"])
@@ -460,6 +460,173 @@ fn a_missing_namespace_or_permission_is_named_with_the_role_needed(cluster: &Clu
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("may not update"), "{stderr}");
     assert!(stderr.contains("kind: Role"), "{stderr}");
+}
+
+/// Watching is the default; an identity that may not list or watch the lock polls it instead,
+/// and the command says so once.
+fn without_list_or_watch_the_command_polls_and_says_so(cluster: &Cluster) {
+    cluster.runtime.block_on(cluster.backend.grant(
+        "coordination.k8s.io",
+        "leases",
+        &["get", "create", "update"],
+    ));
+    let mut args = vec![
+        "run",
+        "--lease",
+        "polled",
+        "--identity",
+        "a",
+        "--grace",
+        "500ms",
+    ];
+    args.extend(FAST);
+    args.extend(["--", "true"]);
+    let out = cluster
+        .command(&args)
+        .env("KUBECONFIG", cluster.backend.kubeconfig("alice"))
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        stderr.matches("polling it instead").count(),
+        1,
+        "said once: {stderr}"
+    );
+    assert!(stderr.contains("grant list and watch"), "{stderr}");
+    // Released on exit: the command ran while leading.
+    assert_eq!(cluster.holder("polled").as_deref(), Some(""));
+    // With list and watch, nothing is said.
+    cluster.runtime.block_on(cluster.backend.grant(
+        "coordination.k8s.io",
+        "leases",
+        &["get", "create", "update", "list", "watch"],
+    ));
+    let out = cluster
+        .command(&args)
+        .env("KUBECONFIG", cluster.backend.kubeconfig("alice"))
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("polling"), "{stderr}");
+}
+
+/// `--coordinated`: two wrapped programs registered as LeaseCandidates; the election
+/// controller picks the older version, a better late candidate takes over, the programs never
+/// run together, and the candidates are deleted on exit.
+fn the_command_takes_part_in_a_coordinated_election(cluster: &Cluster) {
+    {
+        let _runtime = cluster.runtime.enter();
+        cluster.backend.election_controller();
+    }
+    let file = cluster.dir.join("stamps");
+    let coordinated = |identity: &str, version: &str| {
+        let mut args: Vec<String> = [
+            "run",
+            "--lease",
+            "ctl",
+            "--identity",
+            identity,
+            "--grace",
+            "500ms",
+            "--coordinated",
+            "--binary-version",
+            version,
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        args.extend(FAST.iter().map(ToString::to_string));
+        args.push("--".into());
+        args.extend(stamper(&file));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cluster
+            .command(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("leasehold starts")
+    };
+    let newer = coordinated("newer", "1.37.0");
+    wait_for("the only candidate leads", Duration::from_secs(10), || {
+        stamping_after(&file, 0).as_deref() == Some("newer")
+    });
+    assert!(cluster.object(Kind::LeaseCandidate, "newer").is_some());
+    let joined = now_nanos();
+    let older = coordinated("older", "1.36.0");
+    wait_for(
+        "the better late candidate leads",
+        Duration::from_secs(10),
+        || stamping_after(&file, joined).as_deref() == Some("older"),
+    );
+    for child in [older, newer] {
+        signal(&child, "TERM");
+        let out = child.wait_with_output().expect("exits");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+    }
+    assert_never_together(&file);
+    for name in ["newer", "older"] {
+        assert!(
+            cluster.object(Kind::LeaseCandidate, name).is_none(),
+            "{name}'s registration is deleted on exit"
+        );
+    }
+}
+
+/// Coordinated election needs a Lease lock, versions and an identity that names an object.
+fn coordinated_usage_errors_are_found_before_contending(cluster: &Cluster) {
+    for (bad, said) in [
+        (vec!["--coordinated"], "--binary-version"),
+        (vec!["--binary-version", "1.36.0"], "--coordinated"),
+        (
+            vec!["--coordinated", "--binary-version", "one"],
+            "--binary-version",
+        ),
+        (
+            vec![
+                "--coordinated",
+                "--binary-version",
+                "1.36.0",
+                "--emulation-version",
+                "1.37.0",
+            ],
+            "--binary-version",
+        ),
+        (
+            vec![
+                "--coordinated",
+                "--binary-version",
+                "1.36.0",
+                "--lock",
+                "configmap",
+            ],
+            "--lock lease",
+        ),
+        (
+            vec![
+                "--coordinated",
+                "--binary-version",
+                "1.36.0",
+                "--identity",
+                "a_b",
+            ],
+            "object name",
+        ),
+    ] {
+        let mut args = vec!["run", "--lease", "ctl"];
+        if !bad.contains(&"--identity") {
+            args.extend(["--identity", "a"]);
+        }
+        args.extend(bad.iter().copied());
+        args.extend(["--", "true"]);
+        let out = cluster.command(&args).output().expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {stderr}");
+        assert!(stderr.contains(said), "{bad:?}: {stderr}");
+    }
+    assert!(cluster.object(Kind::Lease, "ctl").is_none());
 }
 
 fn status_shows_the_lock(cluster: &Cluster) {
@@ -1691,6 +1858,8 @@ cli_on_both!(
     the_command_never_runs_twice_across_handover_and_crash,
     exit_codes_and_release,
     a_missing_namespace_or_permission_is_named_with_the_role_needed,
+    without_list_or_watch_the_command_polls_and_says_so,
+    the_command_takes_part_in_a_coordinated_election,
     status_shows_the_lock,
     the_sidecar_serves_leader_health_readiness_metrics_and_a_status_file,
     the_sidecar_labels_its_pod_while_it_leads,
@@ -1719,6 +1888,7 @@ cli_on_both!(exclusive:
 );
 
 cli_on_double!(
+    coordinated_usage_errors_are_found_before_contending,
     a_daemon_whose_main_thread_ended_is_killed_with_the_command,
     chains_that_fork_and_exit_are_killed,
     signals_to_the_guard_never_leave_processes_behind,

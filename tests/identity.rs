@@ -210,6 +210,49 @@ fn coordinated_takes_a_handed_lock_at_once_but_not_one_found_naming_it() {
     assert_eq!(r.leader_transitions, 1, "a new term");
 }
 
+/// A coordinated candidate leaving (release configured) reads the lock once more: if the
+/// controller handed it the lock meanwhile (its view of the candidates lags the deletion of
+/// this one's registration), no term runs on that record and it releases it, so that the
+/// controller picks another candidate at once. A record found naming it at first sight (an
+/// earlier incarnation's) is not released: that incarnation's work may still run.
+#[test]
+fn a_leaving_coordinated_candidate_releases_a_lock_handed_to_it_but_no_earlier_one() {
+    let leaving = Config {
+        coordinated: true,
+        release_on_cancel: true,
+        ..config()
+    };
+    let mut h = Harness::new(leaving.clone());
+    h.answer(found("1", record("bing", 5)));
+    h.input(Input::Shutdown(h.now()));
+    assert_eq!(h.request(), &LockRequest::Get, "it reads before leaving");
+    h.answer(found("2", record("baz", 5)));
+    let LockRequest::Update {
+        expected,
+        record: r,
+    } = h.request().clone()
+    else {
+        panic!("a release");
+    };
+    assert_eq!(expected.as_str(), "2", "only over the handed record");
+    assert_eq!(r.holder, None);
+    assert!(
+        h.take_events()
+            .iter()
+            .all(|e| !matches!(e, Event::StartedLeading { .. })),
+        "no term"
+    );
+
+    let mut h = Harness::new(leaving);
+    h.answer(found("2", record("baz", 5)));
+    h.input(Input::Shutdown(h.now()));
+    if h.pending.is_some() {
+        assert_eq!(h.request(), &LockRequest::Get);
+        h.answer(found("2", record("baz", 5)));
+    }
+    assert!(h.pending.is_none(), "not released: {:?}", h.pending);
+}
+
 /// `leaderTransitions` is an `int32` in the API. At its maximum a free or expired lock cannot
 /// change hands without repeating a fencing token: the elector does not take it, raises
 /// `TransitionsExhausted` (logged by the drivers, failing the health check) and keeps polling

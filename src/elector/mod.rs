@@ -614,10 +614,15 @@ impl Elector {
                 }
             }
             // Only our own record: a record naming us that someone else wrote (an earlier
-            // incarnation, a candidate with the same identity) is not ours to release.
+            // incarnation, a candidate with the same identity) is not ours to release. One
+            // the election controller handed us is (even one handed to us as we were leaving,
+            // from the controller's outdated view of the candidates): no term of ours or of
+            // anyone else's runs on it, and releasing it lets the controller pick another
+            // candidate at once instead of after its lease expires.
             (Phase::Releasing { .. }, Some(current))
                 if current.value.is_held_by(&self.config.identity)
-                    && self.wrote(&current.value) =>
+                    && (self.wrote(&current.value)
+                        || self.view.present().is_some_and(|o| self.ours(o))) =>
             {
                 let record = self.release_record(&current.value);
                 self.issue(LockRequest::Update {

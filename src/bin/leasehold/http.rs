@@ -80,10 +80,24 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<u8, Fatal> {
     // A status file left by a leasehold that died while leading would route to a follower:
     // clear it before contending (the label is reconciled from the start).
     status_file.mark(false);
+    let client_for_candidate = client.clone();
     crate::with_lock!(args.election.lock, client, namespace, |lock| {
-        crate::preflight(&lock, &config).await?;
+        let registration = args
+            .election
+            .registration(&client_for_candidate, &namespace, &config);
+        let mut config = config;
+        crate::preflight(&lock, &mut config, registration.as_ref()).await?;
         let tolerance = args.election.healthz_tolerance;
-        elect(lock, config, listener, status_file, label, tolerance).await
+        elect(
+            lock,
+            config,
+            registration,
+            listener,
+            status_file,
+            label,
+            tolerance,
+        )
+        .await
     })
 }
 
@@ -238,6 +252,7 @@ impl PodLabel {
 async fn elect<L: Lock>(
     lock: L,
     config: Config,
+    registration: Option<leasehold::kube::LeaseCandidateRegistration>,
     listener: TcpListener,
     status_file: StatusFile,
     label: Option<PodLabel>,
@@ -252,7 +267,7 @@ async fn elect<L: Lock>(
         .map(|label| tokio::spawn(label.reconcile(leading, retry)));
     let work_file = status_file.clone();
     let mut signals = crate::StopSignals::catch()?;
-    let election = crate::start(config, lock, move |leader: LeaderContext| {
+    let election = crate::start(config, lock, registration, move |leader: LeaderContext| {
         let (file, leading) = (work_file.clone(), leading_tx.clone());
         async move {
             file.mark(true);

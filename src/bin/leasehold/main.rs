@@ -132,12 +132,25 @@ struct ElectionArgs {
     /// Interval between renewals and attempts.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     retry_period: Duration,
-    /// Watch the lock (fast handover) instead of polling it.
+    /// Watch the lock (the default): a follower sees a release at once, and sends nothing
+    /// while the lock is held. Falls back to polling when list or watch is not permitted.
     #[arg(long, conflicts_with = "poll")]
     watch: bool,
-    /// Poll the lock (the default).
+    /// Poll the lock every retry period instead of watching it.
     #[arg(long)]
     poll: bool,
+    /// Coordinated leader election: register this candidate as a LeaseCandidate (named as the
+    /// identity) and let kube-apiserver's election controller pick the holder (the oldest
+    /// emulation version leads). Needs the CoordinatedLeaderElection feature gate and
+    /// coordination.k8s.io/v1beta1, and a Lease lock.
+    #[arg(long, requires = "binary_version")]
+    coordinated: bool,
+    /// The binary version this candidate registers with (semver, e.g. 1.36.2).
+    #[arg(long, requires = "coordinated")]
+    binary_version: Option<String>,
+    /// The emulation version this candidate registers with (default: the binary version).
+    #[arg(long, requires = "coordinated")]
+    emulation_version: Option<String>,
     /// Do not release the lock on shutdown (followers then wait out the lease).
     #[arg(long)]
     no_release: bool,
@@ -332,15 +345,59 @@ impl ElectionArgs {
         config.time_precision = time_precision;
         config.release_on_cancel = !self.no_release;
         config.after_loss = AfterLoss::Recontend;
-        config.observation = if self.watch {
-            Observation::Watch
-        } else {
+        config.observation = if self.poll {
             Observation::Poll
+        } else {
+            Observation::Watch
         };
+        config.coordinated = self.coordinated;
+        if let Some(versions) = self.versions() {
+            versions
+                .validate()
+                .map_err(|e| Fatal::usage(format!("--binary-version/--emulation-version: {e}")))?;
+            if self.lock.lock != LockKind::Lease {
+                return Err(Fatal::usage("--coordinated needs --lock lease"));
+            }
+            if !leasehold::kube::is_object_name(config.identity.as_str()) {
+                return Err(Fatal::usage(format!(
+                    "--identity {:?}: coordinated election names a LeaseCandidate after the identity, which must be an object name (lowercase letters, digits, '-' and '.')",
+                    config.identity.as_str()
+                )));
+            }
+        }
         config
             .validate()
             .map_err(|e| Fatal::usage(format!("invalid timing: {e}")))?;
         Ok(config)
+    }
+}
+
+impl ElectionArgs {
+    /// The versions a coordinated candidate registers with.
+    fn versions(&self) -> Option<leasehold::kube::CandidateVersions> {
+        let binary = self.binary_version.clone().filter(|_| self.coordinated)?;
+        let mut versions = leasehold::kube::CandidateVersions::new(binary);
+        if let Some(emulation) = &self.emulation_version {
+            versions.emulation_version = Some(emulation.clone());
+        }
+        Some(versions)
+    }
+
+    /// The LeaseCandidate registration, in coordinated election.
+    fn registration(
+        &self,
+        client: &kube::Client,
+        namespace: &str,
+        config: &Config,
+    ) -> Option<leasehold::kube::LeaseCandidateRegistration> {
+        let versions = self.versions()?;
+        Some(leasehold::kube::LeaseCandidateRegistration::new(
+            client.clone(),
+            namespace,
+            &config.identity,
+            &self.lock.lease,
+            versions,
+        ))
     }
 }
 
@@ -383,8 +440,14 @@ pub(crate) struct Election {
     release: bool,
 }
 
-/// Starts the elector with `work` as the leader work and the command's logging callbacks.
-fn start<L, F, Fut>(config: Config, lock: L, work: F) -> Result<Election, Fatal>
+/// Starts the elector with `work` as the leader work and the command's logging callbacks (and,
+/// in coordinated election, the LeaseCandidate `registration`).
+fn start<L, F, Fut>(
+    config: Config,
+    lock: L,
+    registration: Option<leasehold::kube::LeaseCandidateRegistration>,
+    work: F,
+) -> Result<Election, Fatal>
 where
     L: Lock,
     F: FnMut(LeaderContext) -> Fut + Send + 'static,
@@ -395,7 +458,12 @@ where
     let led = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut work = work;
     let leading = led.clone();
-    let handle = LeaderElector::builder(config, lock)
+    let builder = LeaderElector::builder(config, lock);
+    let builder = match registration {
+        Some(registration) => builder.lease_candidate(registration),
+        None => builder,
+    };
+    let handle = builder
         .on_started_leading(move |leader| {
             leading.store(true, std::sync::atomic::Ordering::Relaxed);
             work(leader)
@@ -501,19 +569,48 @@ impl StopSignals {
     }
 }
 
-/// Checks the namespace and the permissions, and says what to fix. A server that does not
-/// answer is no reason to stop: the election waits for it (and says so in its log), so that a
-/// restarted candidate does not crash-loop through a control-plane outage.
-async fn preflight<K: LockObject>(lock: &ObjectLock<K>, config: &Config) -> Result<(), Fatal> {
+/// Checks the namespace and the permissions (and, in coordinated election, the LeaseCandidate
+/// API and permissions), and says what to fix. Watching needs list and watch: without them the
+/// election falls back to polling, and says so once. A server that does not answer is no
+/// reason to stop: the election waits for it (and says so in its log), so that a restarted
+/// candidate does not crash-loop through a control-plane outage.
+async fn preflight<K: LockObject>(
+    lock: &ObjectLock<K>,
+    config: &mut Config,
+    registration: Option<&leasehold::kube::LeaseCandidateRegistration>,
+) -> Result<(), Fatal> {
+    let unreachable = |e: &leasehold::kube::PreflightError| {
+        tracing::warn!(error = %e, "preflight: the API server does not answer; contending anyway");
+    };
     let watching = config.observation == Observation::Watch;
     match lock.preflight(watching).await {
-        Ok(()) => Ok(()),
+        Ok(()) => {}
         Err(e) if e.is_unreachable() => {
-            tracing::warn!(error = %e, "preflight: the API server does not answer; contending anyway");
-            Ok(())
+            unreachable(&e);
+            return Ok(());
         }
-        Err(e) => Err(Fatal::runtime(e.to_string())),
+        Err(leasehold::kube::PreflightError::Forbidden { verbs, .. })
+            if watching && verbs.iter().all(|v| v == "list" || v == "watch") =>
+        {
+            lock.preflight(false)
+                .await
+                .map_err(|e| Fatal::runtime(e.to_string()))?;
+            tracing::warn!(
+                refused = %verbs.join(", "),
+                "this identity may not list or watch the lock: polling it instead (a handover then waits for the next poll); grant list and watch to watch it"
+            );
+            config.observation = Observation::Poll;
+        }
+        Err(e) => return Err(Fatal::runtime(e.to_string())),
     }
+    if let Some(registration) = registration {
+        match registration.preflight().await {
+            Ok(()) => {}
+            Err(e) if e.is_unreachable() => unreachable(&e),
+            Err(e) => return Err(Fatal::runtime(format!("--coordinated: {e}"))),
+        }
+    }
+    Ok(())
 }
 
 /// Runs `f` with the lock the flags name (the three kinds are different types).

@@ -82,11 +82,17 @@ pub(crate) async fn run(args: RunArgs) -> Result<u8, Fatal> {
         grace: args.grace,
         restart: args.restart,
     };
+    let client_for_candidate = client.clone();
     crate::with_lock!(args.election.lock, client, namespace, |lock| {
-        crate::preflight(&lock, &config).await?;
+        let registration = args
+            .election
+            .registration(&client_for_candidate, &namespace, &config);
+        let mut config = config;
+        crate::preflight(&lock, &mut config, registration.as_ref()).await?;
         elect(
             lock,
             config,
+            registration,
             spec,
             args.http,
             args.election.healthz_tolerance,
@@ -115,13 +121,14 @@ fn check_grace(grace: Duration, config: &Config) -> Result<(), Fatal> {
 async fn elect<L: Lock>(
     lock: L,
     config: Config,
+    registration: Option<leasehold::kube::LeaseCandidateRegistration>,
     spec: Spec,
     http: Option<std::net::SocketAddr>,
     tolerance: Duration,
 ) -> Result<u8, Fatal> {
     let (ended_tx, mut ended) = mpsc::unbounded_channel::<Ended>();
     let mut signals = crate::StopSignals::catch()?;
-    let election = crate::start(config, lock, move |leader| {
+    let election = crate::start(config, lock, registration, move |leader| {
         lead(spec.clone(), leader, ended_tx.clone())
     })?;
     if let Some(addr) = http {

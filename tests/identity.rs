@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::*;
 use leasehold::{
-    AfterLoss, Alert, Config, Event, FencingToken, Input, LockRequest, MemoryLock, StopReason,
-    Unhealthy,
+    AfterLoss, Alert, Config, Event, FencingToken, Input, LeaderElectionRecord, LockRequest,
+    MemoryLock, StopReason, Unhealthy,
 };
 
 const TOLERANCE: Duration = Duration::from_secs(20);
@@ -251,6 +251,44 @@ fn a_leaving_coordinated_candidate_releases_a_lock_handed_to_it_but_no_earlier_o
         h.answer(found("2", record("baz", 5)));
     }
     assert!(h.pending.is_none(), "not released: {:?}", h.pending);
+}
+
+/// The controller hands the lock to a candidate and, before it took it up, already prefers
+/// another one (it joined meanwhile): the candidate hands the lock back at once instead of
+/// sitting on it until its lease runs out, and starts no term.
+#[test]
+fn a_lock_handed_over_while_another_is_preferred_is_handed_back_at_once() {
+    let mut h = Harness::new(Config {
+        coordinated: true,
+        ..config()
+    });
+    h.answer(found("1", record("bing", 5)));
+    let handed = LeaderElectionRecord {
+        preferred_holder: Some(id("other")),
+        ..record("baz", 5)
+    };
+    h.input(Input::Observed {
+        now: h.now(),
+        record: Some(versioned("2", handed)),
+    });
+    let LockRequest::Update {
+        expected,
+        record: r,
+    } = h.request().clone()
+    else {
+        panic!("an update");
+    };
+    assert_eq!(expected.as_str(), "2");
+    assert_eq!(r.holder, None, "handed back");
+    assert_eq!(r.leader_transitions, 0, "no term: no transition");
+    h.answer(written("3"));
+    assert!(!h.is_leader());
+    assert!(
+        h.take_events()
+            .iter()
+            .all(|e| !matches!(e, Event::StartedLeading { .. })),
+        "no term"
+    );
 }
 
 /// `leaderTransitions` is an `int32` in the API. At its maximum a free or expired lock cannot

@@ -653,7 +653,11 @@ impl Elector {
         match &mut self.phase {
             Phase::Following(_) => {
                 // INVARIANT: a follower writes only while no term's work runs (see `drive`).
-                if now < leader_until && self.work == Work::Idle {
+                // A write that names no holder handed the lock back: no term.
+                if now < leader_until
+                    && self.work == Work::Idle
+                    && lease.value.is_held_by(&self.config.identity)
+                {
                     let token = FencingToken(u64::from(lease.value.leader_transitions));
                     self.phase = Phase::Leading {
                         lease,
@@ -1003,6 +1007,15 @@ impl Elector {
     /// Writes the lock as ours, as the view shows it (the caller checked `may_acquire`).
     fn acquire(&mut self) {
         match &self.view {
+            // Coordinated election: a lock handed to us while the controller already prefers
+            // another candidate is handed back at once (no term runs on it, ours or anyone
+            // else's), so that the controller names the preferred one without waiting for this
+            // lease to run out.
+            View::Present(o) if self.hands_back(o) => {
+                let expected = o.version.clone();
+                let record = self.release_record(&o.record);
+                self.issue(LockRequest::Update { expected, record });
+            }
             // Every term gets a token of its own: even a record this elector wrote (an earlier
             // term of its own, a write whose answer was lost) is taken with a higher one.
             View::Present(o) => {
@@ -1018,7 +1031,13 @@ impl Elector {
         }
     }
 
-    /// Whether a follower may write the lock as its own at `now`.
+    /// Coordinated election: whether a follower hands `o` back to the controller (see
+    /// `acquire`): it is ours to renew, but the controller prefers another candidate.
+    fn hands_back(&self, o: &Observed) -> bool {
+        self.ours(o) && self.yield_to(&o.record).is_some()
+    }
+
+    /// Whether a follower may write the lock (as its own, or handing it back) at `now`.
     fn may_acquire(&self, now: Instant) -> bool {
         match &self.view {
             View::Unread => false,
@@ -1042,7 +1061,7 @@ impl Elector {
                     // same holder twice, so nobody else would.
                     let named = o.record.is_held_by(&self.config.identity);
                     let at_once = ours && self.yield_to(&o.record).is_none();
-                    return named && (at_once || expired) && room;
+                    return named && ((at_once || expired) && room || self.hands_back(o));
                 }
                 ours || ((o.record.holder.is_none() || expired) && room)
             }

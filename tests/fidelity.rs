@@ -293,6 +293,44 @@ async fn script(b: &Backend) -> Vec<Answer> {
         )
         .await;
     }
+    // A merge patch of a ConfigMap, with a resourceVersion as its precondition (what the
+    // operator example sends).
+    let configmaps = path(Kind::ConfigMap, &ns, None);
+    let configmap_at = path(Kind::ConfigMap, &ns, Some("c1"));
+    log.send(
+        b,
+        "create a configmap",
+        "POST",
+        configmaps,
+        Some(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c1"}, "data": {"k": "v"}})),
+    )
+    .await;
+    let rv = b.object(Kind::ConfigMap, "c1").await.expect("created")["metadata"]["resourceVersion"]
+        .clone();
+    log.send(
+        b,
+        "patch a configmap with a stale resourceVersion",
+        "PATCH",
+        configmap_at.clone(),
+        Some(json!({"metadata": {"resourceVersion": "1", "annotations": {"x": "y"}}})),
+    )
+    .await;
+    log.send(
+        b,
+        "patch a configmap with its resourceVersion",
+        "PATCH",
+        configmap_at.clone(),
+        Some(json!({"metadata": {"resourceVersion": rv, "annotations": {"x": "y"}}})),
+    )
+    .await;
+    log.send(
+        b,
+        "patch a configmap without a resourceVersion, changing nothing",
+        "PATCH",
+        configmap_at,
+        Some(json!({"metadata": {"annotations": {"x": "y"}}})),
+    )
+    .await;
     // RBAC: the unprivileged user.
     let alice = b.client_as("alice").await;
     let request = http::Request::get(lease_at("f1"))

@@ -14,7 +14,8 @@
 //!   without; a missing Lease, LeaseCandidate or Endpoints is created by a PUT without one, 409
 //!   with one; a stale one is 409 `Conflict`; an update that leaves the object as stored is a
 //!   no-op answered with the unchanged `resourceVersion` and no watch event), DELETE (the
-//!   DELETED event carries the deletion's version), and JSON merge patches of pods (no-ops
+//!   DELETED event carries the deletion's version), and JSON merge patches of pods and
+//!   ConfigMaps (a `metadata.resourceVersion` in the patch is a precondition; no-ops
 //!   when unchanged).
 //! * Validation as the real server does it for these kinds: MicroTime's exact form (400,
 //!   normalised to UTC), `int32` fields (400), object names (422), `leaseDurationSeconds > 0`
@@ -1299,15 +1300,32 @@ async fn handle(
             st.commit(key, "MODIFIED", object.clone());
             respond(StatusCode::OK, &object)
         }
-        // A JSON merge patch (RFC 7386) of a pod (what `leasehold serve --label-pod` sends); one
-        // that changes nothing is a no-op, as on the real server.
-        (Method::PATCH, Some(name)) if kind == Kind::Pod => {
+        // A JSON merge patch (RFC 7386) of a pod (what `leasehold serve --label-pod` sends) or
+        // a ConfigMap (what the operator example sends); one that changes nothing is a no-op,
+        // as on the real server, and one that names a `metadata.resourceVersion` other than the
+        // stored one is a 409 conflict (a precondition, as on the real server).
+        (Method::PATCH, Some(name)) if matches!(kind, Kind::Pod | Kind::ConfigMap) => {
             let key = (kind, namespace.clone(), name.clone());
             let Some(before) = st.objects.get(&key).cloned() else {
                 return Ok(not_found(kind, &name));
             };
+            let patch = parsed.as_ref().unwrap_or(&Value::Null);
+            if let Some(expected) = patch["metadata"]["resourceVersion"].as_str()
+                && Some(expected) != before["metadata"]["resourceVersion"].as_str()
+            {
+                return Ok(status(
+                    409,
+                    "Conflict",
+                    format!(
+                        "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                        kind.resource()
+                    ),
+                    Some(kind),
+                    &name,
+                ));
+            }
             let mut object = before.clone();
-            merge_patch(&mut object, parsed.as_ref().unwrap_or(&Value::Null));
+            merge_patch(&mut object, patch);
             if object == before {
                 return Ok(respond(StatusCode::OK, &before));
             }

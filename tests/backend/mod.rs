@@ -336,7 +336,14 @@ impl Backend {
         let request = http::Request::builder()
             .method(method)
             .uri(path)
-            .header("content-type", "application/json")
+            .header(
+                "content-type",
+                if method == "PATCH" {
+                    "application/merge-patch+json"
+                } else {
+                    "application/json"
+                },
+            )
             .body(body.map(|b| b.to_string().into_bytes()).unwrap_or_default())
             .expect("a valid request");
         let response = client

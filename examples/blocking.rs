@@ -130,7 +130,8 @@ fn in_cluster(
                 .map_err(|e| e.to_string())?,
         };
         Ok::<_, String>(LeaseLock::new(client, &ns, &name))
-    })?;
+    })
+    .map_err(|e| e.to_string())?;
     let mut config = Config::new(Identity::new(identity).map_err(|e| e.to_string())?);
     config.name = format!("{namespace}/{lease}");
     config.release_on_cancel = true;
@@ -147,10 +148,18 @@ fn in_cluster(
 }
 
 fn main() -> ExitCode {
+    // Logs to stderr: warnings by default (lock errors, an unreachable server), RUST_LOG to
+    // change.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let mut kubeconfig = None;
     let mut cluster = std::env::var_os("KUBECONFIG").is_some();
     let (mut namespace, mut lease) = ("default".to_string(), "leasehold-example".to_string());
-    let mut identity = format!("leasehold-blocking_{}", std::process::id());
+    let mut identity = format!("leasehold-blocking-{}", std::process::id());
     let mut seconds = 30;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {

@@ -14,7 +14,7 @@
 //!
 //! ```text
 //! cargo run --example election -- --kubeconfig ~/.kube/config --namespace default \
-//!     --lease my-operator --identity "$(hostname)_$$"
+//!     --lease my-operator --identity "$(hostname)-$$"
 //! ```
 //!
 //! With `KUBECONFIG` set `--kubeconfig` can be left out; in a pod, pass `--cluster`: kube's
@@ -204,6 +204,13 @@ async fn in_cluster(flags: ClusterFlags) -> Result<(), String> {
         lines: Arc::default(),
     };
     let lock = LeaseLock::new(client, &flags.namespace, &flags.lease);
+    // Said in the first second: a missing namespace or permission (with the Role to apply). A
+    // server that does not answer is waited for (the election logs its errors).
+    match lock.preflight(config.observation).await {
+        Ok(()) => {}
+        Err(e) if e.is_unreachable() => tracing::warn!(error = %e, "contending anyway"),
+        Err(e) => return Err(e.to_string()),
+    }
     timeline.say(format!(
         "contending for lease {} as {}; Ctrl-C to stop",
         config.name, config.identity
@@ -240,13 +247,21 @@ fn parse() -> Result<Option<ClusterFlags>, String> {
         }
     }
     if flags.identity.is_empty() {
-        flags.identity = format!("leasehold-example_{}", std::process::id());
+        flags.identity = format!("leasehold-example-{}", std::process::id());
     }
     Ok(cluster.then_some(flags))
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Logs to stderr: warnings by default (lock errors, an unreachable server), RUST_LOG to
+    // change.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let result = match parse() {
         Ok(Some(flags)) => in_cluster(flags).await,
         Ok(None) => in_memory().await,

@@ -21,7 +21,10 @@ pub const CLIENT_GO_JITTER: f64 = 1.2;
 pub const DEFAULT_TIME_PRECISION: Duration = Duration::from_secs(1);
 
 /// What an elector does once it has lost leadership.
+///
+/// `#[non_exhaustive]`, as every configuration choice: more policies may come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum AfterLoss {
     /// Finish, as client-go's one-shot `Run` does: the process is expected to exit.
     #[default]
@@ -31,7 +34,10 @@ pub enum AfterLoss {
 }
 
 /// How a follower learns that the lock changed.
+///
+/// `#[non_exhaustive]`, as every configuration choice: more ways of observing may come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Observation {
     /// The elector reads the lock every retry period (jittered), as client-go does.
     #[default]

@@ -1,6 +1,47 @@
 //! Lease-based leader election with a pure, deterministic core, wire-compatible with
 //! Kubernetes client-go's `tools/leaderelection`.
 //!
+//! # Quick start
+//!
+//! An operator on tokio and kube-rs (features `tokio` and `kube`): the work runs while this
+//! replica leads and must stop when `leader.cancel` fires (at the end of the term at the
+//! latest); `shutdown` stops it and then releases the Lease, so another replica takes over at
+//! once. `examples/operator.rs` is a complete operator with a kube-runtime controller, health
+//! endpoints and metrics.
+//!
+//! ```no_run
+//! # #[cfg(all(feature = "tokio", feature = "kube"))]
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use leasehold::kube::LeaseLock;
+//! use leasehold::tokio::LeaderElector;
+//! use leasehold::{AfterLoss, Config, Identity, Observation};
+//!
+//! let client = kube::Client::try_default().await?;
+//! let mut config = Config::new(Identity::new(std::env::var("POD_NAME")?)?);
+//! config.release_on_cancel = true;
+//! config.after_loss = AfterLoss::Recontend;
+//! config.observation = Observation::Watch;
+//! let lock = LeaseLock::new(client, "my-namespace", "my-operator");
+//! lock.preflight(config.observation).await?; // a missing namespace or permission, said now
+//! let handle = LeaderElector::builder(config, lock)
+//!     .on_started_leading(|leader| async move {
+//!         // Run the controllers; pass `leader.token` (the fencing token) with their writes.
+//!         leader.cancel.cancelled().await;
+//!     })
+//!     .on_stopped_leading(|| {})
+//!     .build()?
+//!     .spawn();
+//! // ... on SIGTERM:
+//! handle.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Without tokio, the `blocking` driver does the same on std threads; without a cluster,
+//! [`MemoryLock`] stands in for the Lease; and `leasehold run -- COMMAND` (feature `cli`) puts
+//! any program under leader election.
+//!
+//! # The core
+//!
 //! The heart of the crate is the [`Elector`]: a state machine that takes observed lock records,
 //! local monotonic instants and the results of lock operations as [`Input`]s, and returns
 //! [`Action`]s: perform this lock operation, emit this [`Event`], sleep until this instant.
@@ -8,13 +49,13 @@
 //! driver, a plain loop (see `examples/custom_driver.rs`), a simulator or a fuzzer, and given the
 //! same inputs and seed it produces the same outputs.
 //!
-//! # Quick look
+//! Driven by hand, on the in-memory lock:
 //!
 //! ```
 //! use leasehold::{Action, Config, Elector, Identity, Input, Instant, MemoryLock, Now, Timestamp};
 //!
 //! let lock = MemoryLock::new();
-//! let config = Config::new(Identity::new("pod-a_4f1c")?);
+//! let config = Config::new(Identity::new("pod-a")?);
 //! let now = Now::new(Instant::ZERO, Timestamp::UNIX_EPOCH);
 //! let mut elector = Elector::new(config, now, 42)?;
 //! let mut events = Vec::new();
@@ -131,6 +172,11 @@
 //!   kube-rs, with Kubernetes events.
 //! * [`MemoryLock`]: a linearizable in-memory lock for tests, examples and single-host use.
 //!
+//! The modules `leasehold::tokio` and `leasehold::kube` are named after the crates they build
+//! on. Import items from them (`use leasehold::tokio::LeaderElector;`) rather than the modules
+//! themselves: `use leasehold::tokio;` shadows the `tokio` crate in that scope (write `::tokio`
+//! for the crate there).
+//!
 //! # The `leasehold` command
 //!
 //! The `cli` feature builds `leasehold`, which puts any program under leader election
@@ -191,6 +237,22 @@
 //!   from `renewTime` and its own clock: the safety theorem above then also needs the
 //!   leader's wall clock to agree with the API server's to within `LD - RD`.
 //! * Sub-second or fractional-second lease durations are rejected ([`ConfigError`]).
+//!
+//! # Stability
+//!
+//! Enums that will grow are `#[non_exhaustive]`: reports and errors ([`Event`], [`Alert`],
+//! [`StopReason`], [`WakeReason`], [`Role`], [`Unhealthy`], [`LockErrorKind`],
+//! [`ConfigError`], the drivers' `BuildError`, `kube::PreflightError`, `sim::Violation`), the
+//! configuration choices ([`AfterLoss`], [`Observation`]) and the elector's [`Input`] (a new
+//! input will be one a driver may send, never one it must). Two are exhaustive on purpose:
+//! [`Action`] and [`LockRequest`] (with its [`LockResponse`]), because a driver must carry out
+//! every action and a lock must answer every request: a new kind is a breaking change that
+//! custom drivers and locks should fail to compile against, rather than a wildcard arm that
+//! does the wrong thing at run time. [`Config`] has public fields: build it with
+//! [`Config::new`] and assign, or with `..` from another value, so that new fields (with
+//! defaults) are not breaking.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod config;
 #[cfg(any(feature = "tokio", feature = "blocking"))]
@@ -207,6 +269,11 @@ pub mod record;
 pub mod sim;
 pub mod time;
 
+/// The README's Rust snippets, compiled (and the runnable ones run) as doc tests.
+#[cfg(all(doctest, feature = "tokio", feature = "kube", feature = "prometheus"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use config::{AfterLoss, Config, ConfigError, Observation};
 #[cfg(feature = "blocking")]
 pub use driver::blocking;
@@ -221,5 +288,5 @@ pub use elector::{
     WakeReason,
 };
 pub use lock::{LockError, LockErrorKind, LockRequest, LockResponse, LockResult, MemoryLock};
-pub use record::{Identity, LeaderElectionRecord, RecordError, Version, Versioned};
+pub use record::{EmptyIdentity, Identity, LeaderElectionRecord, RecordError, Version, Versioned};
 pub use time::{Instant, Timestamp, TimestampError};

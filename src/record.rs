@@ -37,14 +37,11 @@ impl Identity {
     /// Wraps `id`.
     ///
     /// # Errors
-    /// [`RecordError`] when `id` is empty: on the wire the empty holder means "no leader".
-    pub fn new(id: impl Into<String>) -> Result<Self, RecordError> {
+    /// [`EmptyIdentity`] when `id` is empty: on the wire the empty holder means "no leader".
+    pub fn new(id: impl Into<String>) -> Result<Self, EmptyIdentity> {
         let id = id.into();
         if id.is_empty() {
-            return Err(RecordError::new(
-                "holderIdentity",
-                "an identity must not be empty",
-            ));
+            return Err(EmptyIdentity);
         }
         Ok(Identity(id))
     }
@@ -61,8 +58,13 @@ impl fmt::Display for Identity {
     }
 }
 
+/// An empty identity, refused by [`Identity::new`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an identity must not be empty (an empty holder means \"no leader\" on the wire)")]
+pub struct EmptyIdentity;
+
 impl TryFrom<&str> for Identity {
-    type Error = RecordError;
+    type Error = EmptyIdentity;
     fn try_from(s: &str) -> Result<Self, Self::Error> {
         Identity::new(s)
     }

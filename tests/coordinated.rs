@@ -30,18 +30,12 @@ fn candidate_config(name: &str) -> Config {
 }
 
 async fn spawn(b: &Backend, name: &str, version: &str) -> Handle {
-    let registration = LeaseCandidateRegistration::new(
-        b.client().await,
-        b.ns(),
-        &id(name),
-        "ctl",
-        CandidateVersions::new(version),
-    );
+    // The registration derived from the lock and the identity.
     LeaderElector::builder(
         candidate_config(name),
         LeaseLock::new(b.client().await, b.ns(), "ctl"),
     )
-    .lease_candidate(registration)
+    .coordinated(CandidateVersions::new(version))
     .on_started_leading(|leader| async move { leader.cancel.cancelled().await })
     .on_stopped_leading(|| {})
     .build()
@@ -228,10 +222,28 @@ fn build(
 #[tokio::test]
 async fn the_candidate_must_be_named_as_the_identity_a_valid_object_name() {
     let server = ApiServer::start().await;
-    assert!(build(&server, "a", "other").is_err(), "another name");
+    let Err(mismatch) = build(&server, "a", "other") else {
+        panic!("another name");
+    };
     assert!(
-        build(&server, "Host_1", "Host_1").is_err(),
-        "not an object name"
+        matches!(
+            mismatch,
+            leasehold::tokio::BuildError::CandidateIdentity { .. }
+        ),
+        "{mismatch}"
+    );
+    let Err(invalid) = build(&server, "Host_1", "Host_1") else {
+        panic!("not an object name");
+    };
+    assert_eq!(
+        invalid,
+        leasehold::tokio::BuildError::CandidateName {
+            identity: "Host_1".into()
+        }
+    );
+    assert!(
+        invalid.to_string().contains("valid object name"),
+        "{invalid}"
     );
     assert!(build(&server, "host-1.example", "host-1.example").is_ok());
 }
@@ -242,20 +254,38 @@ async fn the_blocking_driver_registers_and_leads_when_picked(b: &Backend) {
     b.election_controller();
     let source = b.client_source("admin");
     let ns = b.ns().to_string();
-    let registration = LeaseCandidateRegistration::new(
-        b.client().await,
-        b.ns(),
-        &id("a"),
-        "ctl",
-        CandidateVersions::new("1.36.0"),
-    );
+    // The only runtime is the lock's own: the registration derived from the lock uses its
+    // client there.
     let handle = tokio::task::spawn_blocking(move || {
+        let configmap = RemoteLock::spawn({
+            let (source, ns) = (source.clone(), ns.clone());
+            move || async move {
+                Ok::<_, String>(leasehold::kube::ConfigMapLock::new(
+                    source.client().await,
+                    &ns,
+                    "ctl",
+                ))
+            }
+        })
+        .expect("the lock starts");
+        let Err(refused) = Blocking::builder(candidate_config("a"), configmap)
+            .coordinated(CandidateVersions::new("1.36.0"))
+            .on_started_leading(|leader| leader.stop.wait())
+            .on_stopped_leading(|| {})
+            .build()
+        else {
+            panic!("no Lease");
+        };
+        assert!(
+            matches!(refused, leasehold::blocking::BuildError::NotALease { .. }),
+            "{refused}"
+        );
         let lock = RemoteLock::spawn(move || async move {
             Ok::<_, String>(LeaseLock::new(source.client().await, &ns, "ctl"))
         })
         .expect("the lock starts");
         Blocking::builder(candidate_config("a"), lock)
-            .lease_candidate(registration)
+            .coordinated(CandidateVersions::new("1.36.0"))
             .on_started_leading(|leader| leader.stop.wait())
             .on_stopped_leading(|| {})
             .build()
@@ -355,10 +385,10 @@ async fn registration_errors_are_found_early_and_visible(b: &Backend) {
     .expect("valid")
     .spawn();
     until(Duration::from_secs(5), || {
-        handle.state().borrow().registration_error.is_some()
+        handle.state().registration_error.is_some()
     })
     .await;
-    let state = handle.state().borrow().clone();
+    let state = handle.state();
     assert!(
         state
             .registration_error

@@ -17,7 +17,7 @@ use leasehold::lock::Lock;
 use leasehold::record::ANNOTATION_KEY;
 use leasehold::{
     Action, Config, Elector, Event, Identity, Input, Instant, LeaderElectionRecord, LockErrorKind,
-    Now, Timestamp,
+    Now, Observation, Timestamp,
 };
 use serde_json::{Value, json};
 
@@ -610,10 +610,12 @@ async fn retry_after_is_read_from_the_status() {
 
 async fn preflight_passes_when_all_is_well_and_writes_nothing(b: &Backend) {
     let lock = LeaseLock::new(b.client().await, b.ns(), "pre");
-    lock.preflight(true).await.expect("all is well");
+    lock.preflight(Observation::Watch)
+        .await
+        .expect("all is well");
     assert!(b.object(Kind::Lease, "pre").await.is_none(), "dry run only");
     lock.create(record("baz")).await.expect("created");
-    lock.preflight(true)
+    lock.preflight(Observation::Watch)
         .await
         .expect("an existing lock is fine too");
 }
@@ -621,7 +623,10 @@ async fn preflight_passes_when_all_is_well_and_writes_nothing(b: &Backend) {
 async fn preflight_names_a_missing_namespace(b: &Backend) {
     let gone = b.missing_namespace().await;
     let lock = LeaseLock::new(b.client().await, &gone, "pre");
-    let error = lock.preflight(true).await.expect_err("missing namespace");
+    let error = lock
+        .preflight(Observation::Watch)
+        .await
+        .expect_err("missing namespace");
     assert_eq!(
         error,
         leasehold::kube::PreflightError::NamespaceMissing {
@@ -647,7 +652,10 @@ async fn preflight_names_missing_permissions_and_the_role_to_grant(b: &Backend) 
     let nothing = lock.get().await.expect_err("no Role: 403");
     assert_eq!(nothing.kind, LockErrorKind::Unauthorized, "{nothing}");
     assert!(nothing.message.contains("403"), "{nothing}");
-    let error = lock.preflight(true).await.expect_err("forbidden");
+    let error = lock
+        .preflight(Observation::Watch)
+        .await
+        .expect_err("forbidden");
     assert!(
         error
             .to_string()
@@ -656,7 +664,10 @@ async fn preflight_names_missing_permissions_and_the_role_to_grant(b: &Backend) 
     );
     b.grant("coordination.k8s.io", "leases", &["get", "list", "create"])
         .await;
-    let error = lock.preflight(true).await.expect_err("forbidden");
+    let error = lock
+        .preflight(Observation::Watch)
+        .await
+        .expect_err("forbidden");
     let text = error.to_string();
     assert!(
         text.contains("may not watch, update leases.coordination.k8s.io"),
@@ -664,7 +675,7 @@ async fn preflight_names_missing_permissions_and_the_role_to_grant(b: &Backend) 
     );
     // Polling needs no watch: only the update is missing then.
     let polling = lock
-        .preflight(false)
+        .preflight(Observation::Poll)
         .await
         .expect_err("forbidden")
         .to_string();

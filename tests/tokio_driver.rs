@@ -93,7 +93,7 @@ async fn three_candidates_exactly_one_leader() {
         sleep(Duration::from_millis(10)).await;
     }
     let leader = first.expect("a leader");
-    assert_eq!(handles[leader].state().borrow().role, Role::Leader);
+    assert_eq!(handles[leader].state().role, Role::Leader);
     let name = ["a", "b", "c"][leader];
     assert_eq!(
         log.count(&format!("{name} started")),
@@ -395,7 +395,6 @@ async fn lease_intermittent_errors_do_not_cost_leadership() {
         server.fail_every(None);
         let slow = handles[leader.expect("a leader")]
             .state()
-            .borrow()
             .slow_path_renewals;
         assert!(slow > 0, "failed renewals went the slow path");
         for h in handles {
@@ -664,7 +663,7 @@ async fn a_panicking_leader_work_ends_the_term_and_releases() {
         .await
         .expect("finishes by itself");
     assert_eq!(stopped.load(Ordering::SeqCst), 1);
-    let state = handle.state().borrow().clone();
+    let state = handle.state();
     assert_eq!(state.work_panicked.as_deref(), Some("the work broke"));
     assert_eq!(state.role, Role::Finished);
     let record = lock.get().expect("exists").value;
@@ -751,7 +750,7 @@ async fn shutdown_returns_at_the_end_of_the_term_when_the_work_ignores_it() {
         .expect("valid")
         .spawn();
     sleep(Duration::from_millis(100)).await;
-    let until = handle.state().borrow().leader_until.expect("leading");
+    let until = handle.state().leader_until.expect("leading");
     let start = Instant::now();
     handle.shutdown().await;
     let took = start.elapsed();
@@ -774,7 +773,7 @@ async fn errors_are_visible_on_the_handle() {
         .expect("valid")
         .spawn();
     sleep(Duration::from_secs(10)).await;
-    let state = handle.state().borrow().clone();
+    let state = handle.state();
     let report = state.last_error.expect("an error");
     assert_eq!(report.error.kind, leasehold::LockErrorKind::Unauthorized);
     assert!(report.in_a_row >= 10, "{}", report.in_a_row);
@@ -827,7 +826,7 @@ async fn lease_missing_namespace_costs_a_few_requests_and_says_so(b: &Backend) {
         "{requests} requests in {run:?} (bound {bound})"
     );
     assert!(requests >= 10, "it keeps trying: {requests}");
-    let state = handle.state().borrow().clone();
+    let state = handle.state();
     let report = state.last_error.expect("the error is on the handle");
     assert!(
         report
@@ -860,7 +859,7 @@ async fn lease_forbidden_updates_are_paced_and_visible(b: &Backend) {
     let bound =
         leasehold::elector::MAX_OPS_PER_RETRY_PERIOD * (run.as_millis() / rp.as_millis()) as usize;
     assert!(requests <= bound, "{requests} requests");
-    let state = handle.state().borrow().clone();
+    let state = handle.state();
     let report = state.last_error.expect("the error is on the handle");
     assert_eq!(report.error.kind, leasehold::LockErrorKind::Unauthorized);
     handle.shutdown().await;
@@ -912,7 +911,7 @@ async fn a_panic_before_the_work_starts_is_the_work_s_panic() {
     tokio::time::timeout(Duration::from_secs(5), handle.finished())
         .await
         .expect("finishes");
-    let state = handle.state().borrow().clone();
+    let state = handle.state();
     assert!(state.work_panicked.is_some());
     assert_eq!(lock.get().expect("exists").value.holder, None, "released");
 }

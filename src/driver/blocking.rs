@@ -214,6 +214,32 @@ type StartedFn = Arc<dyn Fn(LeaderContext) + Send + Sync>;
 /// Builds a blocking [`LeaderElector`].
 pub type Builder<L> = super::Builder<L, StartedFn>;
 
+#[cfg(feature = "kube")]
+impl Builder<RemoteLock> {
+    /// Coordinated leader election on the Lease this `RemoteLock` wraps (see
+    /// [`lease_candidate`](super::Builder::lease_candidate)), with the LeaseCandidate derived
+    /// from it (its client, which lives on the lock's own runtime, its namespace and name) and
+    /// from the configuration's identity. `build` fails if the lock is no Lease.
+    pub fn coordinated(self, versions: crate::kube::CandidateVersions) -> Self {
+        match self.lock.lease() {
+            Some((client, namespace, name)) => {
+                let registration = crate::kube::LeaseCandidateRegistration::new(
+                    client.clone(),
+                    namespace,
+                    &self.config.identity,
+                    name,
+                    versions,
+                );
+                self.lease_candidate(registration)
+            }
+            None => {
+                let lock = self.lock.describe();
+                self.refuse(BuildError::NotALease { lock })
+            }
+        }
+    }
+}
+
 impl<L: BlockingLock> Builder<L> {
     /// The leader work, run on a thread of its own at the start of every term; it must return
     /// when `LeaderContext::stop` fires. Required.
@@ -772,11 +798,10 @@ fn forward_changes(
 }
 
 #[cfg(feature = "kube")]
-pub use remote::RemoteLock;
+pub use remote::{RemoteLock, SpawnError};
 
 #[cfg(feature = "kube")]
 mod remote {
-    use std::fmt::Display;
     use std::future::Future;
     use std::sync::mpsc;
     use std::time::Duration;
@@ -786,6 +811,21 @@ mod remote {
         Lock, LockError, LockErrorKind, LockRequest, LockResponse, LockResult, Sighting,
     };
     use crate::record::{LeaderElectionRecord, Version};
+
+    /// Why [`RemoteLock::spawn`] could not start the lock.
+    #[derive(Debug, thiserror::Error)]
+    #[non_exhaustive]
+    pub enum SpawnError {
+        /// The lock's runtime could not start.
+        #[error("cannot start the lock's runtime: {0}")]
+        Runtime(#[source] std::io::Error),
+        /// The closure that makes the lock failed (its error is the source).
+        #[error("cannot make the lock: {0}")]
+        Make(#[source] Box<dyn std::error::Error + Send + Sync>),
+        /// The closure that makes the lock panicked.
+        #[error("the closure that makes the lock panicked")]
+        Panicked,
+    }
 
     enum Job {
         Execute(LockRequest, std::time::Instant, mpsc::Sender<LockResult>),
@@ -806,6 +846,9 @@ mod remote {
         jobs: ::tokio::sync::mpsc::UnboundedSender<Job>,
         describe: String,
         precision: Duration,
+        /// A wrapped Lease lock's client (alive on this lock's runtime), namespace and name:
+        /// what a coordinated candidate registers with.
+        lease: Option<(kube::Client, String, String)>,
         thread: Option<std::thread::JoinHandle<()>>,
     }
 
@@ -820,6 +863,13 @@ mod remote {
     }
 
     impl RemoteLock {
+        /// A wrapped Lease lock's client, namespace and name.
+        pub(crate) fn lease(&self) -> Option<(&kube::Client, &str, &str)> {
+            self.lease
+                .as_ref()
+                .map(|(client, namespace, name)| (client, namespace.as_str(), name.as_str()))
+        }
+
         /// Starts the runtime thread and builds the lock there with `make` (kube clients must
         /// be created inside a runtime):
         ///
@@ -831,19 +881,21 @@ mod remote {
         ///     let client = kube::Client::try_default().await?;
         ///     Ok::<_, kube::Error>(LeaseLock::new(client, "default", "my-lock"))
         /// })?;
-        /// # Ok::<(), String>(())
+        /// # Ok::<(), leasehold::blocking::SpawnError>(())
         /// ```
         ///
         /// # Errors
-        /// The runtime could not start, or `make` failed.
-        pub fn spawn<L, F, Fut, E>(make: F) -> Result<Self, String>
+        /// The runtime could not start, or `make` failed (its error is the
+        /// [`source`](std::error::Error::source)).
+        pub fn spawn<L, F, Fut, E>(make: F) -> Result<Self, SpawnError>
         where
             L: Lock,
             F: FnOnce() -> Fut + Send + 'static,
             Fut: Future<Output = Result<L, E>>,
-            E: Display,
+            E: Into<Box<dyn std::error::Error + Send + Sync>>,
         {
-            let (ready_tx, ready_rx) = mpsc::channel::<Result<(String, Duration), String>>();
+            type Ready = (String, Duration, Option<(kube::Client, String, String)>);
+            let (ready_tx, ready_rx) = mpsc::channel::<Result<Ready, SpawnError>>();
             let (jobs, mut queue) = ::tokio::sync::mpsc::unbounded_channel::<Job>();
             let thread = std::thread::spawn(move || {
                 let runtime = match ::tokio::runtime::Builder::new_current_thread()
@@ -852,7 +904,7 @@ mod remote {
                 {
                     Ok(rt) => rt,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(format!("cannot start a runtime: {e}")));
+                        let _ = ready_tx.send(Err(SpawnError::Runtime(e)));
                         return;
                     }
                 };
@@ -860,11 +912,14 @@ mod remote {
                     let lock = match make().await {
                         Ok(lock) => std::sync::Arc::new(lock),
                         Err(e) => {
-                            let _ = ready_tx.send(Err(e.to_string()));
+                            let _ = ready_tx.send(Err(SpawnError::Make(e.into())));
                             return;
                         }
                     };
-                    let _ = ready_tx.send(Ok((lock.describe(), lock.time_precision())));
+                    let lease = (lock.as_ref() as &dyn std::any::Any)
+                        .downcast_ref::<crate::kube::LeaseLock>()
+                        .map(|l| (l.client(), l.namespace().to_string(), l.name().to_string()));
+                    let _ = ready_tx.send(Ok((lock.describe(), lock.time_precision(), lease)));
                     while let Some(job) = queue.recv().await {
                         let lock = lock.clone();
                         match job {
@@ -905,13 +960,13 @@ mod remote {
                     }
                 });
             });
-            let (describe, precision) = ready_rx
-                .recv()
-                .map_err(|_| "the lock's runtime thread ended".to_string())??;
+            let (describe, precision, lease) =
+                ready_rx.recv().map_err(|_| SpawnError::Panicked)??;
             Ok(RemoteLock {
                 jobs,
                 describe,
                 precision,
+                lease,
                 thread: Some(thread),
             })
         }

@@ -338,6 +338,42 @@ pub trait LeaderMetrics: Send + 'static {
     fn slowpath_exercised(&mut self, name: &str);
 }
 
+#[cfg(feature = "kube")]
+impl<W> Builder<crate::kube::LeaseLock, W> {
+    /// Coordinated leader election on this Lease (see [`lease_candidate`](Self::lease_candidate)),
+    /// with the LeaseCandidate derived from the lock (its client, namespace and Lease name) and
+    /// from the configuration's identity (its name, which must then be a valid object name):
+    ///
+    /// ```no_run
+    /// # async fn example(client: kube::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// use leasehold::kube::{CandidateVersions, LeaseLock};
+    /// use leasehold::tokio::LeaderElector;
+    /// use leasehold::{Config, Identity};
+    ///
+    /// let config = Config::new(Identity::new("my-operator-0")?);
+    /// let handle = LeaderElector::builder(config, LeaseLock::new(client, "ns", "my-operator"))
+    ///     .coordinated(CandidateVersions::new("1.36.2"))
+    ///     .on_started_leading(|leader| async move { leader.cancel.cancelled().await })
+    ///     .on_stopped_leading(|| {})
+    ///     .build()?
+    ///     .spawn();
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// (With the blocking driver, build the registration with
+    /// `LeaseCandidateRegistration::new` on the runtime of the `RemoteLock`'s client.)
+    pub fn coordinated(self, versions: crate::kube::CandidateVersions) -> Self {
+        let registration = crate::kube::LeaseCandidateRegistration::new(
+            self.lock.client(),
+            self.lock.namespace(),
+            &self.config.identity,
+            self.lock.name(),
+            versions,
+        );
+        self.lease_candidate(registration)
+    }
+}
+
 /// Why a driver could not be built.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
@@ -353,16 +389,30 @@ pub enum BuildError {
     #[error("the LeaseCandidate's versions: {0}")]
     CandidateVersions(String),
     /// The LeaseCandidate registers under another name than the elector's identity (so the
-    /// election controller's choice would never be recognised), or the identity is no valid
-    /// object name (lowercase letters, digits, `-` and `.`, at most 253 characters).
+    /// election controller's choice would never be recognised).
     #[error(
-        "the LeaseCandidate {candidate:?} must be named as the elector's identity {identity:?}, a valid object name (lowercase letters, digits, '-' and '.')"
+        "the LeaseCandidate {candidate:?} must be named as the elector's identity {identity:?}"
     )]
     CandidateIdentity {
         /// The candidate's name.
         candidate: String,
         /// The elector's identity.
         identity: String,
+    },
+    /// In coordinated election the identity names the LeaseCandidate, so it must be a valid
+    /// object name (lowercase letters, digits, `-` and `.`, at most 253 characters).
+    #[error(
+        "the identity {identity:?} names the LeaseCandidate in coordinated election, so it must be a valid object name (lowercase letters, digits, '-' and '.', at most 253 characters)"
+    )]
+    CandidateName {
+        /// The elector's identity.
+        identity: String,
+    },
+    /// Coordinated election was asked of a lock that is no Lease.
+    #[error("coordinated election needs a Lease lock, not {lock}")]
+    NotALease {
+        /// The lock's description.
+        lock: String,
     },
 }
 
@@ -381,6 +431,8 @@ pub struct Builder<L, W> {
     metrics: Option<Box<dyn LeaderMetrics>>,
     #[cfg(feature = "kube")]
     candidate: Option<crate::kube::LeaseCandidateRegistration>,
+    /// An error found by a builder method that returns `Self`, reported by `build`.
+    refused: Option<BuildError>,
 }
 
 /// A validated builder, taken apart by a driver's `build`.
@@ -409,7 +461,14 @@ impl<L, W> Builder<L, W> {
             metrics: None,
             #[cfg(feature = "kube")]
             candidate: None,
+            refused: None,
         }
+    }
+
+    /// Makes `build` fail with `error` (for builder methods that return `Self`).
+    pub(crate) fn refuse(mut self, error: BuildError) -> Self {
+        self.refused.get_or_insert(error);
+        self
     }
 
     /// An empty `Config::name` becomes the lock's own description (`namespace/name`), for
@@ -472,6 +531,9 @@ impl<L, W> Builder<L, W> {
         time_precision: Duration,
     ) -> Result<Parts<L, W>, BuildError> {
         self.config.time_precision = time_precision;
+        if let Some(error) = self.refused {
+            return Err(error);
+        }
         self.config.validate()?;
         let on_started = self.on_started.ok_or(BuildError::MissingCallback(
             "OnStartedLeading callback must not be nil",
@@ -483,13 +545,18 @@ impl<L, W> Builder<L, W> {
             self.config.observation = crate::config::Observation::Poll;
         }
         #[cfg(feature = "kube")]
-        if let Some(c) = &self.candidate
-            && (c.identity() != self.config.identity.as_str() || !c.has_valid_name())
-        {
-            return Err(BuildError::CandidateIdentity {
-                candidate: c.identity().to_string(),
-                identity: self.config.identity.to_string(),
-            });
+        if let Some(c) = &self.candidate {
+            if c.identity() != self.config.identity.as_str() {
+                return Err(BuildError::CandidateIdentity {
+                    candidate: c.identity().to_string(),
+                    identity: self.config.identity.to_string(),
+                });
+            }
+            if !c.has_valid_name() {
+                return Err(BuildError::CandidateName {
+                    identity: self.config.identity.to_string(),
+                });
+            }
         }
         #[cfg(feature = "kube")]
         if let Some(c) = &self.candidate {

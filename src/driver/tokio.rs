@@ -6,7 +6,7 @@
 //! use leasehold::kube::LeaseLock;
 //! use leasehold::tokio::LeaderElector;
 //!
-//! let mut config = Config::new(Identity::new("my-operator-7d9f_2b1c")?);
+//! let mut config = Config::new(Identity::new("my-operator-7d9f-2b1c")?);
 //! config.release_on_cancel = true;
 //! let lock = LeaseLock::new(client, "default", "my-operator");
 //! let handle = LeaderElector::builder(config, lock)
@@ -33,7 +33,9 @@ use ::tokio::task::JoinHandle;
 use ::tokio::time::{sleep_until, timeout_at};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use tokio_util::sync::CancellationToken;
+/// The leader work's cancellation token (`LeaderContext::cancel`), re-exported so that the
+/// work's signature needs no direct dependency on `tokio-util`.
+pub use tokio_util::sync::CancellationToken;
 
 pub use super::BuildError;
 use super::{Core, Effect, ErrorLog, LeaderState, NewLeaderFn, Shared, StoppedFn};
@@ -160,8 +162,14 @@ impl Handle {
         super::Probe::new(self.shared.clone())
     }
 
-    /// A receiver of the state, updated after every step.
-    pub fn state(&self) -> watch::Receiver<LeaderState> {
+    /// The state now (as the blocking driver's `Handle::state` and [`Probe::state`](super::Probe::state)).
+    pub fn state(&self) -> LeaderState {
+        self.shared.state()
+    }
+
+    /// The state as a watch channel, sent after every step of the driver: for code that waits
+    /// for a change (`wait_for`, `changed`). It follows [`state`](Self::state) by a step.
+    pub fn watch_state(&self) -> watch::Receiver<LeaderState> {
         self.state.clone()
     }
 

@@ -36,7 +36,11 @@ impl fmt::Display for OpId {
 }
 
 /// An input to the elector. Every input carries the driver's clocks.
+///
+/// `#[non_exhaustive]`: drivers construct inputs and need not match them; a new input will be
+/// one a driver may send, never one the elector waits for from drivers that predate it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Input {
     /// Time has passed. Calling this early, or often, is harmless.
     Timeout(Now),
@@ -81,6 +85,9 @@ impl Input {
 
 /// What the driver must do next. A drain of [`Elector::poll_action`](super::Elector::poll_action)
 /// ends with `SleepUntil` or `Done`.
+///
+/// Exhaustive on purpose: a driver must carry out every action, so a new kind of action is a
+/// breaking change that a custom driver should fail to compile against.
 #[must_use = "an action the driver does not carry out stalls the elector"]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -110,7 +117,12 @@ pub enum Action {
 }
 
 /// What happened, for the application.
+///
+/// `#[non_exhaustive]`: new events will be reports a driver may ignore (a wildcard arm is
+/// right for them); anything a driver must act on comes as a new [`Action`] or as a breaking
+/// change.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// This candidate leads until `leader_until` unless renewed (then [`Event::Renewed`]).
     /// Start the guarded work; stop it at [`Event::StoppedLeading`] at the latest.
@@ -243,7 +255,10 @@ impl fmt::Display for FencingToken {
 }
 
 /// The elector's role, for state reports.
+///
+/// `#[non_exhaustive]`: a report may learn finer roles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Role {
     /// Contending (or, in coordinated mode, waiting to be picked).
     Follower,

@@ -293,6 +293,21 @@ impl<K: LockObject> ObjectLock<K> {
         }
     }
 
+    /// The lock's namespace.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The lock object's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The client the lock talks through.
+    pub fn client(&self) -> Client {
+        self.api.clone().into_client()
+    }
+
     /// Labels to put on the object: set on create, merged on every write (other keys kept).
     pub fn with_labels(mut self, labels: BTreeMap<String, String>) -> Self {
         self.labels = labels;
@@ -637,17 +652,17 @@ impl PreflightError {
 impl<K: LockObject> ObjectLock<K> {
     /// Checks, before contending, what would otherwise surface only as a stream of failed
     /// operations: that this identity may get, create and update the lock (and list and watch
-    /// it, with `watching`) in its namespace (SelfSubjectAccessReviews, which every
+    /// it, when `observation` is [`Observation::Watch`](crate::Observation::Watch)) in its namespace (SelfSubjectAccessReviews, which every
     /// authenticated user may make; they name the lock, so a Role limited to it by
     /// `resourceNames` passes), and that the namespace exists (a dry-run create of the lock,
     /// which needs no other permission and writes nothing).
     ///
     /// # Errors
     /// [`PreflightError`], with a Role to apply when permissions are missing.
-    pub async fn preflight(&self, watching: bool) -> Result<(), PreflightError> {
+    pub async fn preflight(&self, observation: crate::Observation) -> Result<(), PreflightError> {
         self.check_names()
             .map_err(|e| PreflightError::Refused(e.message))?;
-        let verbs: &[&str] = if watching {
+        let verbs: &[&str] = if observation == crate::Observation::Watch {
             &["get", "list", "watch", "create", "update"]
         } else {
             &["get", "create", "update"]

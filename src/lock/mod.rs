@@ -16,6 +16,10 @@ use std::future::Future;
 use crate::record::{LeaderElectionRecord, Version, Versioned};
 
 /// An operation on the lock, emitted by the elector in [`crate::Action::Lock`].
+///
+/// Exhaustive on purpose: every lock must carry out every request, so a new kind of request
+/// is a breaking change that a lock implementation should fail to compile against, not a
+/// wildcard arm that answers it wrongly at run time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LockRequest {
     /// Read the current record and its version. Absent is a normal answer, not an error.
@@ -34,6 +38,8 @@ pub enum LockRequest {
 }
 
 /// A successful answer to a [`LockRequest`].
+///
+/// Exhaustive, like [`LockRequest`]: a new answer comes with a new request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LockResponse {
     /// The answer to `Get`: the record and its version, or `None` when the object is absent.

@@ -364,7 +364,7 @@ fn answer(
     if req.method() != Method::GET && !head {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
     }
-    let state = handle.state().borrow().clone();
+    let state = handle.state();
     let mut response = match req.uri().path() {
         // What the original election sidecar served.
         "/" => {

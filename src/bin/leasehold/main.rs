@@ -496,7 +496,7 @@ impl Election {
     /// Resolves when the election cannot go on: another candidate renews under this one's
     /// identity, or the elector stopped by itself.
     async fn trouble(&self) -> Fatal {
-        let mut state = self.handle.state();
+        let mut state = self.handle.watch_state();
         let clash = async {
             let seen = state
                 .wait_for(|s| matches!(s.alert, Some(Alert::IdentityClash(_))))
@@ -527,7 +527,7 @@ impl Election {
                 });
             }
         }
-        let state = self.handle.state().borrow().clone();
+        let state = self.handle.state();
         if self.release && state.leader.as_ref() == Some(&self.identity) {
             let why = state
                 .last_error
@@ -583,7 +583,7 @@ async fn preflight<K: LockObject>(
         tracing::warn!(error = %e, "preflight: the API server does not answer; contending anyway");
     };
     let watching = config.observation == Observation::Watch;
-    match lock.preflight(watching).await {
+    match lock.preflight(config.observation).await {
         Ok(()) => {}
         Err(e) if e.is_unreachable() => {
             unreachable(&e);
@@ -592,7 +592,7 @@ async fn preflight<K: LockObject>(
         Err(leasehold::kube::PreflightError::Forbidden { verbs, .. })
             if watching && verbs.iter().all(|v| v == "list" || v == "watch") =>
         {
-            lock.preflight(false)
+            lock.preflight(Observation::Poll)
                 .await
                 .map_err(|e| Fatal::runtime(e.to_string()))?;
             tracing::warn!(

@@ -211,7 +211,13 @@ pub struct LeaderContext {
 
 type StartedFn = Arc<dyn Fn(LeaderContext) + Send + Sync>;
 
-/// Builds a blocking [`LeaderElector`].
+/// Builds a blocking [`LeaderElector`]: from [`LeaderElector::builder`], then
+/// `on_started_leading` and [`on_stopped_leading`](super::Builder::on_stopped_leading) (both
+/// required), optionally
+/// [`on_new_leader`](super::Builder::on_new_leader), [`metrics`](super::Builder::metrics),
+/// [`seed`](super::Builder::seed), and in coordinated election `coordinated` (on a
+/// `RemoteLock` around a Lease) or `lease_candidate` (feature `kube`); then `build`. The
+/// methods shared by both drivers are documented on [`driver::Builder`](super::Builder).
 pub type Builder<L> = super::Builder<L, StartedFn>;
 
 #[cfg(feature = "kube")]

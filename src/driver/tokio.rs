@@ -67,7 +67,13 @@ type PendingOp = (
 );
 type StartedFn = Box<dyn FnMut(LeaderContext) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
-/// Builds a tokio [`LeaderElector`].
+/// Builds a tokio [`LeaderElector`]: from [`LeaderElector::builder`], then
+/// `on_started_leading` and [`on_stopped_leading`](super::Builder::on_stopped_leading) (both
+/// required), optionally
+/// [`on_new_leader`](super::Builder::on_new_leader), [`metrics`](super::Builder::metrics),
+/// [`seed`](super::Builder::seed), and in coordinated election
+/// `coordinated` or `lease_candidate` (feature `kube`); then `build`. The methods shared by
+/// both drivers are documented on [`driver::Builder`](super::Builder).
 pub type Builder<L> = super::Builder<L, StartedFn>;
 
 impl<L: Lock> Builder<L> {

@@ -14,10 +14,14 @@
 //! * on SIGTERM or Ctrl-C: the controller is stopped (running reconciles finish, no new one
 //!   starts), then the lock is released, so that another replica takes over at once.
 //!
-//! A reconcile never writes outside its term: it checks the term's deadline before it writes,
-//! bounds the write by that deadline, and makes the write conditional on the resourceVersion it
-//! read, so a write that a paused replica sends late fails instead of overwriting the new
-//! leader's.
+//! A reconcile writes only while its term lasts, as far as a client can tell: it checks the
+//! term's deadline (on its own reading of the clock) just before it sends, gives up at that
+//! deadline, and makes the write conditional on the resourceVersion it read. A write still in
+//! flight when the term ends (a pause between the check and the send, a slow API server) can
+//! land afterwards; the precondition then keeps it from overwriting anything written since it
+//! read the object, and the next leader's own conditional reconcile re-reads and restamps.
+//! Where a deposed leader's late write must be refused outright, the system written to has to
+//! check the fencing token (here in the annotation): no client-side rule can.
 //!
 //! ```text
 //! cargo run --example operator -- --kubeconfig ~/.kube/config --namespace default

@@ -294,6 +294,7 @@ pub fn elector_inputs(data: &[u8]) {
                 });
             }
             10 => e.handle_input(Input::LeaderWorkStopped(wall(now))),
+            _ if b.bool() => e.handle_input(Input::WatchBroken(wall(now))),
             _ => e.handle_input(Input::Shutdown(wall(now))),
         }
     }

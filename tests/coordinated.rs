@@ -426,3 +426,24 @@ on_both!(
     the_blocking_driver_registers_and_leads_when_picked,
     registration_errors_are_found_early_and_visible,
 );
+
+/// The registration's preflight refuses a name that is no object name before it sends
+/// anything.
+#[tokio::test]
+async fn the_registration_preflight_refuses_an_invalid_name_before_any_request() {
+    let server = ApiServer::start().await;
+    let before = server.requests().len();
+    let registration = LeaseCandidateRegistration::new(
+        server.client(),
+        NS,
+        &id("Host_1"),
+        "ctl",
+        CandidateVersions::new("1.36.0"),
+    );
+    let refused = registration.preflight().await.expect_err("refused");
+    assert!(
+        refused.to_string().contains("valid object name"),
+        "{refused}"
+    );
+    assert_eq!(server.requests().len(), before, "nothing was sent");
+}

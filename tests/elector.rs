@@ -509,3 +509,36 @@ fn three_candidates_one_leader_and_failover_within_the_bound() {
 
 // Arbitrary input sequences against the elector's invariants: `leasehold::fuzz::elector_inputs`,
 // run by the fuzzer (fuzz/) and on random bytes and the committed corpus by tests/fuzz_replay.rs.
+
+/// A watching follower trusts the watch's silence and sleeps until the lease would run out;
+/// once the driver reports the watch broken it polls every retry period instead (a release
+/// is seen within one), until the watch delivers again.
+#[test]
+fn a_broken_watch_makes_a_watching_follower_poll_until_it_delivers_again() {
+    let mut h = Harness::new(Config {
+        observation: Observation::Watch,
+        ..config()
+    });
+    h.answer(found("1", record("bing", 10)));
+    assert_eq!(
+        h.sleep,
+        Some((secs(10), WakeReason::LeaseExpiry)),
+        "a healthy watch: nothing until the lease runs out"
+    );
+    h.advance_to(secs(1));
+    let now = h.now();
+    h.input(Input::WatchBroken(now));
+    let (at, reason) = h.sleep.expect("sleeping");
+    assert_eq!(reason, WakeReason::RetryAcquire);
+    assert!(at < secs(4), "polls within a retry period: {at:?}");
+    h.wake();
+    assert_eq!(h.request(), &LockRequest::Get);
+    h.answer(found("1", record("bing", 10)));
+    // The watch delivers again: back to trusting it.
+    let now = h.now();
+    h.input(Input::Observed {
+        now,
+        record: Some(versioned("1", record("bing", 10))),
+    });
+    assert_eq!(h.sleep.map(|(_, why)| why), Some(WakeReason::LeaseExpiry));
+}

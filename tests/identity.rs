@@ -291,6 +291,71 @@ fn a_lock_handed_over_while_another_is_preferred_is_handed_back_at_once() {
     );
 }
 
+/// A record of our name that changed hands with a new term (`leaderTransitions` raised) was
+/// taken up by a candidate of our name (a twin), not handed by the controller (which leaves
+/// the count alone): it is waited out, neither taken up at once nor handed back.
+#[test]
+fn a_twins_take_up_is_not_mistaken_for_the_controllers_choice() {
+    let mut h = Harness::new(Config {
+        coordinated: true,
+        release_on_cancel: true,
+        ..config()
+    });
+    h.answer(found("1", record("bing", 5)));
+    let taken_up = LeaderElectionRecord {
+        leader_transitions: 1,
+        preferred_holder: Some(id("other")),
+        ..record("baz", 5)
+    };
+    h.input(Input::Observed {
+        now: h.now(),
+        record: Some(versioned("2", taken_up)),
+    });
+    assert!(h.pending.is_none(), "no write at once: {:?}", h.pending);
+    // Leaving, it does not release the twin's record either.
+    h.input(Input::Shutdown(h.now()));
+    if h.pending.is_some() {
+        assert_eq!(h.request(), &LockRequest::Get);
+        let taken_up = LeaderElectionRecord {
+            leader_transitions: 1,
+            ..record("baz", 5)
+        };
+        h.answer(found("2", taken_up));
+    }
+    assert!(h.pending.is_none(), "not released: {:?}", h.pending);
+}
+
+/// A record of our name found at first sight that asks its holder to yield is, once expired,
+/// handed back rather than taken up: no term starts on a record whose renewals would never
+/// notice the request.
+#[test]
+fn an_expired_record_that_prefers_another_is_handed_back_not_taken() {
+    let mut h = Harness::new(Config {
+        coordinated: true,
+        ..config()
+    });
+    let found_naming_us = LeaderElectionRecord {
+        preferred_holder: Some(id("other")),
+        ..record("baz", 5)
+    };
+    h.answer(found("1", found_naming_us.clone()));
+    assert!(h.pending.is_none(), "a first sight is waited out");
+    while h.pending.is_none() || h.request() == &LockRequest::Get {
+        if h.pending.is_some() {
+            h.answer(found("1", found_naming_us.clone()));
+        } else {
+            h.wake();
+        }
+    }
+    assert_eq!(h.now, secs(5), "once it expired");
+    let LockRequest::Update { record: r, .. } = h.request().clone() else {
+        panic!("an update");
+    };
+    assert_eq!(r.holder, None, "handed back");
+    h.answer(written("2"));
+    assert!(!h.is_leader());
+}
+
 /// `leaderTransitions` is an `int32` in the API. At its maximum a free or expired lock cannot
 /// change hands without repeating a fencing token: the elector does not take it, raises
 /// `TransitionsExhausted` (logged by the drivers, failing the health check) and keeps polling
@@ -409,4 +474,59 @@ fn a_shortened_lease_duration_does_not_shorten_the_wait_nor_count_as_a_clash() {
     h.run(&lock, secs(10));
     assert!(h.is_leader());
     assert_eq!(h.elector.alert(h.now), None);
+}
+
+/// A controller that hands the lock straight back after every hand-back (a preferred holder
+/// that never takes it) cannot make the candidate exceed the elector's request floor.
+#[test]
+fn a_controller_that_keeps_handing_the_lock_back_costs_no_more_than_the_rate_floor() {
+    let mut h = Harness::new(Config {
+        coordinated: true,
+        ..config()
+    });
+    h.answer(found("1", record("bing", 5)));
+    let handed = LeaderElectionRecord {
+        preferred_holder: Some(id("other")),
+        ..record("baz", 5)
+    };
+    let mut version = 1u32;
+    let mut next = || {
+        version += 1;
+        version.to_string()
+    };
+    for _ in 0..1000 {
+        match h.pending.as_ref().map(|p| p.request.clone()) {
+            Some(LockRequest::Get) => h.answer(found(&next(), handed.clone())),
+            Some(_) => h.answer(written(&next())),
+            None => {
+                let now = h.now();
+                h.input(Input::Observed {
+                    now,
+                    record: Some(versioned(&next(), handed.clone())),
+                });
+                h.advance_by(Duration::from_millis(10));
+            }
+        }
+    }
+    let hand_backs = h
+        .issued
+        .iter()
+        .filter(
+            |i| matches!(&i.request, LockRequest::Update { record, .. } if record.holder.is_none()),
+        )
+        .count();
+    assert!(hand_backs >= 3, "it hands back: {hand_backs}");
+    let rp = Duration::from_secs(2);
+    for (i, first) in h.issued.iter().enumerate() {
+        let within = h.issued[i..]
+            .iter()
+            .take_while(|later| later.at < first.at + rp)
+            .count();
+        assert!(
+            within <= leasehold::elector::MAX_OPS_PER_RETRY_PERIOD,
+            "{within} operations within a retry period from {:?}",
+            first.at
+        );
+    }
+    assert!(!h.is_leader());
 }

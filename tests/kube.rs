@@ -712,3 +712,36 @@ on_both!(
     preflight_names_a_missing_namespace,
     preflight_names_missing_permissions_and_the_role_to_grant,
 );
+
+/// Names as the API server judges them (DNS subdomains and labels): garbage is refused before
+/// it can reach a URL.
+#[test]
+fn object_and_namespace_names_follow_the_api_servers_rules() {
+    use leasehold::kube::{is_namespace_name, is_object_name};
+    let longest = "a".repeat(253);
+    for ok in ["a", "a-b", "a.b", "0", "a1.b2-c", longest.as_str()] {
+        assert!(is_object_name(ok), "{ok}");
+    }
+    let too_long = "a".repeat(254);
+    for bad in [
+        "",
+        "A",
+        "a_b",
+        "-a",
+        "a-",
+        ".a",
+        "a.",
+        "a..b",
+        "a.-b",
+        "a-.b",
+        "x?dryRun=All",
+        "a/b",
+        "é",
+        too_long.as_str(),
+    ] {
+        assert!(!is_object_name(bad), "{bad:?}");
+    }
+    assert!(is_namespace_name("kube-system"));
+    assert!(!is_namespace_name("a.b"));
+    assert!(!is_namespace_name(&"a".repeat(64)));
+}

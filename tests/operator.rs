@@ -288,10 +288,9 @@ fn assert_one_term_writes_at_a_time(all: &[(String, Vec<Said>)]) {
             }
         }
     }
-    writes.sort_by_key(|w| (w.0, w.1));
-    for pair in writes.windows(2) {
-        let (earlier, later) = (&pair[0], &pair[1]);
-        if earlier.0 < later.0 {
+    // Every write of a later term starts after every write of every earlier term ended.
+    for later in &writes {
+        for earlier in writes.iter().filter(|w| w.0 < later.0) {
             assert!(
                 earlier.2 <= later.1,
                 "term {} ({}) wrote until {} after term {} ({}) began writing at {}",

@@ -270,7 +270,6 @@ impl<L: BlockingLock> Builder<L> {
         Ok(LeaderElector {
             config: parts.config,
             lock: Arc::new(parts.lock),
-            state: Arc::new(Mutex::new(parts.shared.state())),
             shared: parts.shared,
             changes,
             tx,
@@ -292,6 +291,8 @@ enum Message {
     Result(OpId, LockRequest, LockResult),
     Observed(Sighting),
     WatchError(LockError),
+    /// The lock's watch ended.
+    WatchEnded,
     /// The work of term `id` returned, or panicked with this message.
     WorkEnded(u64, Option<String>),
     Shutdown,
@@ -303,7 +304,6 @@ pub struct LeaderElector<L> {
     lock: Arc<L>,
     changes: Option<Receiver<Result<Sighting, LockError>>>,
     shared: Shared,
-    state: Arc<Mutex<LeaderState>>,
     tx: Sender<Message>,
     rx: Receiver<Message>,
     on_started: StartedFn,
@@ -344,7 +344,6 @@ impl Done {
 /// [`Handle::shutdown`] does but without waiting; [`Handle::detach`] lets the elector run on.
 pub struct Handle {
     shared: Shared,
-    state: Arc<Mutex<LeaderState>>,
     tx: Sender<Message>,
     thread: Option<JoinHandle<()>>,
     done: Done,
@@ -366,12 +365,10 @@ impl Handle {
         super::Probe::new(self.shared.clone())
     }
 
-    /// The state after the driver's last step.
+    /// The state now (as the tokio driver's `Handle::state` and
+    /// [`Probe::state`](super::Probe::state)).
     pub fn state(&self) -> LeaderState {
-        self.state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.shared.state()
     }
 
     /// Whether this candidate leads right now (false from `leader_until` on, even if the
@@ -470,12 +467,11 @@ impl<L: BlockingLock> LeaderElector<L> {
     /// Runs on a thread of its own. Keep the handle: dropping it steps down and releases.
     #[must_use = "dropping the handle steps down and releases the lock; keep it, or call detach"]
     pub fn spawn(self) -> Handle {
-        let (shared, state, tx) = (self.shared.clone(), self.state.clone(), self.tx.clone());
+        let (shared, tx) = (self.shared.clone(), self.tx.clone());
         let done = self.done.clone();
         let thread = std::thread::spawn(move || self.run());
         Handle {
             shared,
-            state,
             tx,
             thread: Some(thread),
             done,
@@ -560,9 +556,7 @@ impl<L: BlockingLock> LeaderElector<L> {
             {
                 registration = Some(register(candidate));
             }
-            let state = self.shared.state();
-            self.core.observe(&state);
-            *self.state.lock().unwrap_or_else(PoisonError::into_inner) = state;
+            self.core.observe(&self.shared.state());
             let Some(wake) = wake else { break };
             match self.rx.recv_timeout(clock.until(wake)) {
                 Ok(Message::Result(op, request, result)) => {
@@ -575,7 +569,11 @@ impl<L: BlockingLock> LeaderElector<L> {
                 Ok(Message::Observed(record)) => {
                     self.shared.input(|now| Input::Observed { now, record });
                 }
-                Ok(Message::WatchError(e)) => self.errors.note(&describe, &LockRequest::Get, &e),
+                Ok(Message::WatchError(e)) => {
+                    self.errors.note(&describe, &LockRequest::Get, &e);
+                    self.shared.input(Input::WatchBroken);
+                }
+                Ok(Message::WatchEnded) => self.shared.input(Input::WatchBroken),
                 Ok(Message::WorkEnded(id, panic)) => {
                     if let Some(message) = panic {
                         self.shared.work_panicked(&describe, message);
@@ -655,7 +653,6 @@ impl<L: BlockingLock> LeaderElector<L> {
                 let _ = call.join();
             }
         }
-        *self.state.lock().unwrap_or_else(PoisonError::into_inner) = self.shared.state();
     }
 
     /// Until when the driver's exit waits for a work told to stop now: the end of its term,
@@ -795,7 +792,10 @@ fn forward_changes(
             Ok(Ok(seen)) => Message::Observed(seen),
             Ok(Err(e)) => Message::WatchError(e),
             Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = tx.send(Message::WatchEnded);
+                return;
+            }
         };
         if tx.send(message).is_err() {
             return;

@@ -89,8 +89,9 @@ impl Clock {
     }
 }
 
-/// A snapshot of an elector's state, published after every step.
+/// A snapshot of an elector's state. `#[non_exhaustive]`: it will report more.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LeaderState {
     /// Follower, leader, stopping or finished.
     pub role: Role,

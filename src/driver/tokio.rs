@@ -387,9 +387,13 @@ impl<L: Lock> LeaderElector<L> {
                     Some(Ok(record)) => self.shared.input(|now| Input::Observed { now, record }),
                     Some(Err(e)) => {
                         self.errors.note(&describe, &LockRequest::Get, &e);
+                        self.shared.input(Input::WatchBroken);
                         watch_rests_until = Some(::tokio::time::Instant::now() + self.config.retry_period);
                     }
-                    None => watch = None,
+                    None => {
+                        self.shared.input(Input::WatchBroken);
+                        watch = None;
+                    }
                 },
                 () = rest(watch_rests_until), if watch_rests_until.is_some() => watch_rests_until = None,
                 ended = work_of(&mut term), if term.as_ref().is_some_and(|t| t.work.is_some()) => {

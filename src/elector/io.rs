@@ -68,6 +68,12 @@ pub enum Input {
     LeaderWorkStopped(Now),
     /// Stop: step down if leading, release if configured, then finish.
     Shutdown(Now),
+    /// The watch that delivers [`Input::Observed`] failed or ended: until the next
+    /// observation, a follower polls every retry period as with
+    /// [`Observation::Poll`](crate::Observation::Poll), instead of trusting a silence that may
+    /// only mean the watch is broken (it would otherwise see a release only when the lease
+    /// runs out).
+    WatchBroken(Now),
 }
 
 impl Input {
@@ -78,6 +84,7 @@ impl Input {
             | Input::LockResult { now, .. }
             | Input::Observed { now, .. }
             | Input::LeaderWorkStopped(now)
+            | Input::WatchBroken(now)
             | Input::Shutdown(now) => *now,
         }
     }

@@ -133,6 +133,9 @@ pub struct Elector {
     /// A write conditional on the view lost a race: the store has moved on, so read before
     /// writing again.
     view_outdated: bool,
+    /// The watch failed or ended (`Input::WatchBroken`) and has delivered nothing since: a
+    /// watching follower polls meanwhile.
+    watch_broken: bool,
     /// The highest `leaderTransitions` seen on the lock or written to it (a stale watch event
     /// may show a lower one after a higher; a write whose answer was lost may have landed): a
     /// recreated lock continues from it, so fencing tokens keep rising.
@@ -295,6 +298,7 @@ impl Elector {
             in_flight: None,
             view: View::Unread,
             view_outdated: false,
+            watch_broken: false,
             transitions_seen: None,
             last_contact: now.instant,
             last_failure: None,
@@ -336,9 +340,11 @@ impl Elector {
                 other => self.in_flight = other,
             },
             Input::Observed { record, .. } => {
+                self.watch_broken = false;
                 self.note_contact(false);
                 self.handle_observed(record);
             }
+            Input::WatchBroken(_) => self.watch_broken = true,
             // Only an acknowledgement of a stop counts: a stale or duplicate report during a
             // term must not disarm the wait for that term's work.
             Input::LeaderWorkStopped(_) if self.work == Work::Stopping => {
@@ -672,8 +678,8 @@ impl Elector {
                         leader_until,
                     });
                 }
-                // Otherwise the answer came too late to lead on; the lock names us, so the next
-                // attempt renews it.
+                // Otherwise the answer came too late to lead on (if the write named us, the next
+                // attempt renews it), or it handed the lock back.
             }
             Phase::Leading {
                 lease: held,
@@ -966,7 +972,12 @@ impl Elector {
             return Some((now.min(next_poll), WakeReason::RetryAcquire, early));
         }
         let expiry = expiry.filter(|&at| at > now);
-        Some(match (self.config.observation, expiry) {
+        let observation = if self.watch_broken {
+            Observation::Poll
+        } else {
+            self.config.observation
+        };
+        Some(match (observation, expiry) {
             (Observation::Watch, Some(at)) => (at, WakeReason::LeaseExpiry, None),
             (Observation::Poll, Some(at)) if at < next_poll => (at, WakeReason::LeaseExpiry, None),
             _ => (next_poll, WakeReason::RetryAcquire, None),
@@ -1011,7 +1022,7 @@ impl Elector {
             // another candidate is handed back at once (no term runs on it, ours or anyone
             // else's), so that the controller names the preferred one without waiting for this
             // lease to run out.
-            View::Present(o) if self.hands_back(o) => {
+            View::Present(o) if self.hands_back(o, self.now) => {
                 let expected = o.version.clone();
                 let record = self.release_record(&o.record);
                 self.issue(LockRequest::Update { expected, record });
@@ -1032,9 +1043,19 @@ impl Elector {
     }
 
     /// Coordinated election: whether a follower hands `o` back to the controller (see
-    /// `acquire`): it is ours to renew, but the controller prefers another candidate.
-    fn hands_back(&self, o: &Observed) -> bool {
-        self.ours(o) && self.yield_to(&o.record).is_some()
+    /// `acquire`) at `now`: it names us, the controller prefers another candidate, and no term
+    /// can run on it (it is ours to renew, or it has expired). So no term ever starts on a
+    /// record that asks its holder to yield (fast-path renewals would never notice).
+    /// A record of our own (an earlier term's) is handed back only with release configured,
+    /// as a release would be.
+    fn hands_back(&self, o: &Observed, now: Instant) -> bool {
+        o.record.is_held_by(&self.config.identity)
+            && self.yield_to(&o.record).is_some()
+            && match o.origin {
+                Origin::Handed => true,
+                Origin::Ours => self.config.release_on_cancel,
+                Origin::Foreign => now >= self.expires_at(o),
+            }
     }
 
     /// Whether a follower may write the lock (as its own, or handing it back) at `now`.
@@ -1061,7 +1082,7 @@ impl Elector {
                     // same holder twice, so nobody else would.
                     let named = o.record.is_held_by(&self.config.identity);
                     let at_once = ours && self.yield_to(&o.record).is_none();
-                    return named && ((at_once || expired) && room || self.hands_back(o));
+                    return named && ((at_once || expired) && room || self.hands_back(o, now));
                 }
                 ours || ((o.record.holder.is_none() || expired) && room)
             }
@@ -1118,8 +1139,16 @@ impl Elector {
         match &self.view {
             // Only the election controller's fields changed (preferredHolder, strategy).
             View::Present(o) if same_renewal(&o.record, record) => o.origin,
-            // The lock changed hands to us (or was created naming us) without our writing it.
-            View::Present(o) if !o.record.is_held_by(me) => Origin::Handed,
+            // The lock changed hands to us without our writing it, and without a new term: the
+            // election controller names a holder leaving `leaderTransitions` alone, where a
+            // take-up by a candidate of our name (a twin) raises it.
+            View::Present(o)
+                if !o.record.is_held_by(me)
+                    && record.leader_transitions == o.record.leader_transitions =>
+            {
+                Origin::Handed
+            }
+            // Created naming us: in coordinated election no candidate creates the lock.
             View::Absent(_) => Origin::Handed,
             // The first sight, or a change from a record of our name to another: no telling.
             View::Present(_) | View::Unread => Origin::Foreign,

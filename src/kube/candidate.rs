@@ -247,6 +247,13 @@ impl LeaseCandidateRegistration {
     /// [`PreflightError`](super::PreflightError): `Refused` when the API is not served,
     /// `Forbidden` with the Role to apply.
     pub async fn preflight(&self) -> Result<(), super::PreflightError> {
+        // An invalid name is refused before any request (it names the LeaseCandidate).
+        if !self.has_valid_name() {
+            return Err(super::PreflightError::Refused(format!(
+                "the identity {:?} names the LeaseCandidate, so it must be a valid object name (lowercase letters, digits, '-' and '.')",
+                self.name
+            )));
+        }
         let client = self.api.clone().into_client();
         let served = tokio::time::timeout(
             CALL_LIMIT,

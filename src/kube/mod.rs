@@ -374,11 +374,15 @@ impl<K: LockObject> ObjectLock<K> {
 /// digit.
 pub fn is_object_name(name: &str) -> bool {
     let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
-    !name.is_empty()
-        && name.len() <= 253
-        && name.chars().all(|c| alnum(c) || c == '-' || c == '.')
-        && name.starts_with(alnum)
-        && name.ends_with(alnum)
+    // Dot-separated labels, each starting and ending with a letter or digit (so no empty
+    // label: `a..b` and `a.-b` are refused, as the API server refuses them).
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.chars().all(|c| alnum(c) || c == '-')
+            && l.starts_with(alnum)
+            && l.ends_with(alnum)
+    };
+    name.len() <= 253 && name.split('.').all(label)
 }
 
 /// Whether `name` is a valid namespace name (a DNS label, RFC 1123): at most 63 lowercase

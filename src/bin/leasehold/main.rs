@@ -592,9 +592,11 @@ async fn preflight<K: LockObject>(
         Err(leasehold::kube::PreflightError::Forbidden { verbs, .. })
             if watching && verbs.iter().all(|v| v == "list" || v == "watch") =>
         {
-            lock.preflight(Observation::Poll)
-                .await
-                .map_err(|e| Fatal::runtime(e.to_string()))?;
+            match lock.preflight(Observation::Poll).await {
+                Ok(()) => {}
+                Err(e) if e.is_unreachable() => unreachable(&e),
+                Err(e) => return Err(Fatal::runtime(e.to_string())),
+            }
             tracing::warn!(
                 refused = %verbs.join(", "),
                 "this identity may not list or watch the lock: polling it instead (a handover then waits for the next poll); grant list and watch to watch it"

@@ -248,9 +248,10 @@
 //! [`Action`] and [`LockRequest`] (with its [`LockResponse`]), because a driver must carry out
 //! every action and a lock must answer every request: a new kind is a breaking change that
 //! custom drivers and locks should fail to compile against, rather than a wildcard arm that
-//! does the wrong thing at run time. [`Config`] has public fields: build it with
-//! [`Config::new`] and assign, or with `..` from another value, so that new fields (with
-//! defaults) are not breaking.
+//! does the wrong thing at run time. The reports the drivers hand out (`LeaderState`,
+//! `ErrorReport`, `LeaderContext`) and [`EmptyIdentity`] are `#[non_exhaustive]` structs.
+//! [`Config`] has public fields: a new field breaks struct literals that name every field, so
+//! build it with [`Config::new`] and assign (or with `..` from another value).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

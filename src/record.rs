@@ -61,6 +61,7 @@ impl fmt::Display for Identity {
 /// An empty identity, refused by [`Identity::new`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("an identity must not be empty (an empty holder means \"no leader\" on the wire)")]
+#[non_exhaustive]
 pub struct EmptyIdentity;
 
 impl TryFrom<&str> for Identity {

@@ -36,11 +36,17 @@ fn operator_process() {
     let Ok(args) = std::env::var(ARGS) else {
         return;
     };
+    // The test that started this copy holds its stdin: if that test dies (even by SIGKILL),
+    // the copy follows at once instead of contending forever.
+    std::thread::spawn(|| {
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+        std::process::exit(3);
+    });
     // libtest has written "test operator_process ... " without a newline: end that line, so
     // that the operator's own lines start at the start of one.
     println!();
     operator::install_logging();
-    let flags = operator::Flags::parse(args.split(' ').map(String::from)).expect("valid flags");
+    let flags = operator::Flags::parse(args.split('\n').map(String::from)).expect("valid flags");
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     let code = match runtime.block_on(operator::run(flags, operator::terminated())) {
         Ok(()) => 0,
@@ -102,15 +108,29 @@ struct Copy {
     identity: String,
     child: Child,
     said: Arc<Mutex<Vec<Said>>>,
+    /// Reads the copy's stdout until it closes.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Copy {
     fn start(b: &Backend, identity: &str) -> Copy {
-        let args = format!(
-            "--kubeconfig {} --namespace {} --lease operator --identity {identity} --http 127.0.0.1:0 --timings-ms 2000,1500,200",
-            b.kubeconfig("admin").display(),
-            b.ns()
-        );
+        let kubeconfig = b.kubeconfig("admin").display().to_string();
+        let args = [
+            "--kubeconfig",
+            &kubeconfig,
+            "--namespace",
+            b.ns(),
+            "--lease",
+            "operator",
+            "--identity",
+            identity,
+            "--http",
+            "127.0.0.1:0",
+            // Room for a loaded machine: a 3 s renew deadline.
+            "--timings-ms",
+            "4000,3000,400",
+        ]
+        .join("\n");
         let mut child = Command::new(std::env::current_exe().expect("this test binary"))
             .args([
                 "operator_process",
@@ -124,14 +144,14 @@ impl Copy {
                 "RUST_LOG",
                 std::env::var("OPERATOR_LOG").unwrap_or_else(|_| "warn".into()),
             )
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("a copy starts");
         let said = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().expect("piped");
         let into = said.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(s) = parse(&line) {
                     into.lock().expect("not poisoned").push(s);
@@ -142,6 +162,7 @@ impl Copy {
             identity: identity.into(),
             child,
             said,
+            reader: Some(reader),
         }
     }
 
@@ -178,7 +199,10 @@ impl Copy {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("waits") {
-                sleep(Duration::from_millis(50)).await; // the last lines
+                // Every line it printed: its stdout is closed now.
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
                 return (status.code(), self.said());
             }
             assert!(
@@ -379,7 +403,7 @@ async fn two_copies_one_controller_a_handover_and_a_paused_leader(b: &Backend) {
             .any(|s| matches!(s, Said::TermEnded { token, .. } if *token == token_a)),
         "the controller stopped: {said_a:?}"
     );
-    until("b leads", Duration::from_secs(5), || {
+    until("b leads", Duration::from_secs(10), || {
         copy_b.last_term().is_some()
     })
     .await;
@@ -414,7 +438,7 @@ async fn two_copies_one_controller_a_handover_and_a_paused_leader(b: &Backend) {
     )
     .await
     .expect("patched");
-    until("a leads again", Duration::from_secs(10), || {
+    until("a leads again", Duration::from_secs(15), || {
         a.last_term().is_some()
     })
     .await;
@@ -422,7 +446,7 @@ async fn two_copies_one_controller_a_handover_and_a_paused_leader(b: &Backend) {
     assert!(token_a2 > token_b);
     all_stamped(&api, &managed, &format!("a {token_a2}")).await;
     copy_b.signal("CONT");
-    until("b's controller stops", Duration::from_secs(5), || {
+    until("b's controller stops", Duration::from_secs(10), || {
         copy_b
             .said()
             .iter()

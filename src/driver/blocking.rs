@@ -202,6 +202,7 @@ impl StopSignal {
 
 /// What the leader work gets.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct LeaderContext {
     /// The fencing token of this term.
     pub token: FencingToken,
@@ -225,7 +226,9 @@ impl Builder<RemoteLock> {
     /// Coordinated leader election on the Lease this `RemoteLock` wraps (see
     /// [`lease_candidate`](super::Builder::lease_candidate)), with the LeaseCandidate derived
     /// from it (its client, which lives on the lock's own runtime, its namespace and name) and
-    /// from the configuration's identity. `build` fails if the lock is no Lease.
+    /// from the configuration's identity. `build` fails if the lock is no `LeaseLock` (a lock
+    /// of your own around one included: use `lease_candidate` with a registration whose
+    /// client lives on a runtime that outlives the elector).
     pub fn coordinated(self, versions: crate::kube::CandidateVersions) -> Self {
         match self.lock.lease() {
             Some((client, namespace, name)) => {

@@ -118,6 +118,7 @@ pub struct LeaderState {
 
 /// A lock error as [`LeaderState`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ErrorReport {
     /// The last error.
     pub error: LockError,
@@ -361,8 +362,7 @@ impl<W> Builder<crate::kube::LeaseLock, W> {
     /// # Ok(()) }
     /// ```
     ///
-    /// (With the blocking driver, build the registration with
-    /// `LeaseCandidateRegistration::new` on the runtime of the `RemoteLock`'s client.)
+    /// (The blocking driver has its own `coordinated`, on a `RemoteLock` around a Lease.)
     pub fn coordinated(self, versions: crate::kube::CandidateVersions) -> Self {
         let registration = crate::kube::LeaseCandidateRegistration::new(
             self.lock.client(),

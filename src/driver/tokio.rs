@@ -47,6 +47,7 @@ use crate::record::Identity;
 /// What the leader work gets: its fencing token and a token that is cancelled the moment
 /// leadership ends (at `leader_until` at the latest, even if the driver itself is stuck).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct LeaderContext {
     /// The fencing token of this term.
     pub token: FencingToken,

@@ -222,7 +222,10 @@ fn callbacks_and_builder_follow_client_go() {
         .build();
     assert_eq!(
         missing.err().map(|e| e.to_string()),
-        Some("OnStartedLeading callback must not be nil".into())
+        Some(
+            "on_started_leading is required (client-go: OnStartedLeading callback must not be nil)"
+                .into()
+        )
     );
     let mut bad = fast("a");
     bad.retry_period = Duration::from_secs(5);

@@ -651,6 +651,12 @@ async fn preflight_names_missing_permissions_and_the_role_to_grant(b: &Backend) 
     let lock = LeaseLock::new(alice, b.ns(), "pre");
     let nothing = lock.get().await.expect_err("no Role: 403");
     assert_eq!(nothing.kind, LockErrorKind::Unauthorized, "{nothing}");
+    // The client's own error is kept as the source, for `?` into anyhow and for inspection.
+    let source = std::error::Error::source(&nothing).expect("a source");
+    assert!(
+        matches!(source.downcast_ref::<kube::Error>(), Some(kube::Error::Api(status)) if status.code == 403),
+        "{source:?}"
+    );
     assert!(nothing.message.contains("403"), "{nothing}");
     let error = lock
         .preflight(Observation::Watch)

@@ -266,7 +266,10 @@ async fn the_builder_requires_client_go_s_callbacks_and_a_valid_config() {
         .err();
     assert_eq!(
         err.map(|e| e.to_string()),
-        Some("OnStartedLeading callback must not be nil".to_string())
+        Some(
+            "on_started_leading is required (client-go: OnStartedLeading callback must not be nil)"
+                .to_string()
+        )
     );
     let err = LeaderElector::builder(fast("a"), MemoryLock::new())
         .on_started_leading(|_| async {})
@@ -274,7 +277,10 @@ async fn the_builder_requires_client_go_s_callbacks_and_a_valid_config() {
         .err();
     assert_eq!(
         err.map(|e| e.to_string()),
-        Some("OnStoppedLeading callback must not be nil".to_string())
+        Some(
+            "on_stopped_leading is required (client-go: OnStoppedLeading callback must not be nil)"
+                .to_string()
+        )
     );
     let mut bad = fast("a");
     bad.renew_deadline = bad.lease_duration;

@@ -537,10 +537,10 @@ impl<L, W> Builder<L, W> {
         }
         self.config.validate()?;
         let on_started = self.on_started.ok_or(BuildError::MissingCallback(
-            "OnStartedLeading callback must not be nil",
+            "on_started_leading is required (client-go: OnStartedLeading callback must not be nil)",
         ))?;
         let on_stopped = self.on_stopped.ok_or(BuildError::MissingCallback(
-            "OnStoppedLeading callback must not be nil",
+            "on_stopped_leading is required (client-go: OnStoppedLeading callback must not be nil)",
         ))?;
         if !can_watch {
             self.config.observation = crate::config::Observation::Poll;

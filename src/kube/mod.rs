@@ -845,7 +845,7 @@ pub(crate) fn classify(what: &str, e: kube::Error) -> LockError {
             .filter(|&s| s > 0),
         _ => None,
     };
-    let error = LockError::new(kind, format!("{what}: {}", capped(explain(&e))));
+    let error = LockError::new(kind, format!("{what}: {}", capped(explain(&e)))).with_source(e);
     match retry_after {
         Some(secs) => error.with_retry_after(std::time::Duration::from_secs(u64::from(secs))),
         None => error,

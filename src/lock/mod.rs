@@ -52,9 +52,11 @@ pub enum LockResponse {
 pub type LockResult = Result<LockResponse, LockError>;
 
 /// Why a lock operation failed, classified so the elector reacts correctly; the store's own
-/// message is kept for people.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{kind}: {message}")]
+/// message is kept for people, and the client's error, when there is one, as the
+/// [`source`](std::error::Error::source) (a `kube::Error` for the Kubernetes locks).
+/// Two errors are equal when their kind, message and `retry_after` are: the source is a
+/// report, not part of what the elector acts on.
+#[derive(Debug, Clone)]
 pub struct LockError {
     /// The class of failure.
     pub kind: LockErrorKind,
@@ -64,7 +66,34 @@ pub struct LockError {
     /// Kubernetes `Status`'s `details.retryAfterSeconds`). The elector honours it, but never
     /// past the end of a term or of a release.
     pub retry_after: Option<std::time::Duration>,
+    /// The client's own error.
+    pub source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
 }
+
+impl fmt::Display for LockError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+impl std::error::Error for LockError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // The client's error itself (not the Arc around it), so that it downcasts.
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl PartialEq for LockError {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind
+            && self.message == other.message
+            && self.retry_after == other.retry_after
+    }
+}
+
+impl Eq for LockError {}
 
 impl LockError {
     /// A failure of class `kind` with the store's `message`.
@@ -73,7 +102,15 @@ impl LockError {
             kind,
             message: message.into(),
             retry_after: None,
+            source: None,
         }
+    }
+
+    /// The same failure, with the client's error as its source.
+    #[must_use]
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(std::sync::Arc::new(source));
+        self
     }
 
     /// The same failure, with the store's request to wait `retry_after` before retrying.

@@ -1212,18 +1212,7 @@ async fn handle(
                 .as_str()
                 .filter(|v| !v.is_empty())
                 .map(str::to_string);
-            let conflict = || {
-                status(
-                    409,
-                    "Conflict",
-                    format!(
-                        "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                        kind.resource()
-                    ),
-                    Some(kind),
-                    &name,
-                )
-            };
+            let conflict = || modified(kind, &name);
             // Leases, LeaseCandidates and Endpoints are created by an update (their strategies
             // allow create-on-update), with or without a version.
             let creates_on_update =
@@ -1313,16 +1302,7 @@ async fn handle(
             if let Some(expected) = patch["metadata"]["resourceVersion"].as_str()
                 && Some(expected) != before["metadata"]["resourceVersion"].as_str()
             {
-                return Ok(status(
-                    409,
-                    "Conflict",
-                    format!(
-                        "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                        kind.resource()
-                    ),
-                    Some(kind),
-                    &name,
-                ));
+                return Ok(modified(kind, &name));
             }
             let mut object = before.clone();
             merge_patch(&mut object, patch);
@@ -1379,6 +1359,20 @@ fn not_an_object(kind: Kind, name: &str) -> Response<Body> {
         400,
         "BadRequest",
         "the body is not a JSON object".into(),
+        Some(kind),
+        name,
+    )
+}
+
+/// The real server's 409 for a write conditional on a version that is no longer current.
+fn modified(kind: Kind, name: &str) -> Response<Body> {
+    status(
+        409,
+        "Conflict",
+        format!(
+            "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+            kind.resource()
+        ),
         Some(kind),
         name,
     )

@@ -266,6 +266,7 @@ pub mod fuzz;
 pub mod kube;
 pub mod lock;
 pub mod record;
+pub mod shards;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod time;

@@ -94,6 +94,11 @@ use view::{Observed, Origin, View};
 /// The simulator checks it in every run, the elector tests under persistent faults.
 pub const MAX_OPS_PER_RETRY_PERIOD: usize = 9;
 
+/// How many renewals [`Elector::write_soon`] may bring forward in one retry period (crate
+/// private: only shard members use it, and their budget counts these on top of
+/// [`MAX_OPS_PER_RETRY_PERIOD`]).
+pub(crate) const HURRIED_WRITES_PER_RETRY_PERIOD: usize = 3;
+
 /// How many of its latest writes an elector remembers, to recognise its own records when it
 /// reads them back (a record naming it that is none of these was written by someone else).
 const OWN_WRITES: usize = 16;
@@ -149,6 +154,10 @@ pub struct Elector {
     /// When an operation was last brought forward of its schedule, for each cause.
     /// INVARIANT: at most once per `retry_period` for each.
     hurried_at: [Option<Instant>; 2],
+    /// When the last renewals asked for by [`Elector::write_soon`] were brought forward.
+    /// INVARIANT: at most [`HURRIED_WRITES_PER_RETRY_PERIOD`], all within the last
+    /// `retry_period`.
+    hurried_writes: VecDeque<Instant>,
     /// The last instant the lock answered (a success, a lost race, or an observation): how
     /// long the elector has been cut off, for [`Elector::check`].
     last_contact: Instant,
@@ -186,6 +195,9 @@ enum Phase {
         token: FencingToken,
         leader_until: Instant,
         next_renew: Instant,
+        /// The earliest instant a renewal can move `renewTime` on at the lock's precision
+        /// (see [`Write::renew_pause`]): a hurried renewal ([`Elector::write_soon`]) waits for it.
+        renewable_from: Instant,
         /// Read before writing: the last attempt failed, or something else may have written.
         slow_path: bool,
     },
@@ -306,6 +318,7 @@ impl Elector {
             work: Work::Idle,
             after_release: AfterLoss::Finish,
             hurried_at: [None; 2],
+            hurried_writes: VecDeque::new(),
             reported_leader: None,
             own_writes: VecDeque::with_capacity(OWN_WRITES),
             last_read: None,
@@ -656,6 +669,8 @@ impl Elector {
             .map_or(Duration::ZERO, |w| w.renew_pause)
             .max(self.config.retry_period);
         let next_renew = f.issued_at + pause;
+        let renewable_from =
+            f.issued_at + f.write.as_ref().map_or(Duration::ZERO, |w| w.renew_pause);
         match &mut self.phase {
             Phase::Following(_) => {
                 // INVARIANT: a follower writes only while no term's work runs (see `drive`).
@@ -670,6 +685,7 @@ impl Elector {
                         token,
                         leader_until,
                         next_renew,
+                        renewable_from,
                         slow_path: false,
                     };
                     self.work = Work::Running;
@@ -685,12 +701,14 @@ impl Elector {
                 lease: held,
                 leader_until: until,
                 next_renew: renew,
+                renewable_from: renewable,
                 slow_path,
                 ..
             } => {
                 *held = lease;
                 *until = (*until).max(leader_until);
                 *renew = next_renew;
+                *renewable = renewable_from;
                 *slow_path = false;
                 let leader_until = *until;
                 self.emit(Event::Renewed { leader_until });
@@ -1208,6 +1226,39 @@ impl Elector {
     fn yield_to(&self, record: &LeaderElectionRecord) -> Option<Identity> {
         let preferred = record.preferred_holder.as_ref()?;
         (self.config.coordinated && preferred != &self.config.identity).then(|| preferred.clone())
+    }
+
+    /// Brings the next renewal forward to now (or to when `renewTime` can move on), if this
+    /// elector leads on the fast path and has brought fewer than
+    /// [`HURRIED_WRITES_PER_RETRY_PERIOD`] renewals forward in the last retry period; otherwise
+    /// the renewal keeps its schedule. For owners of data the renewal carries (the shard
+    /// claims of [`crate::shards`]): the record written is the elector's own, unchanged.
+    pub(crate) fn write_soon(&mut self) {
+        let now = self.now;
+        let rp = self.config.retry_period;
+        while self
+            .hurried_writes
+            .front()
+            .is_some_and(|&at| now >= at + rp)
+        {
+            self.hurried_writes.pop_front();
+        }
+        let budget_left = self.hurried_writes.len() < HURRIED_WRITES_PER_RETRY_PERIOD;
+        if let Phase::Leading {
+            next_renew,
+            renewable_from,
+            slow_path: false,
+            leader_until,
+            ..
+        } = &mut self.phase
+        {
+            let at = now.max(*renewable_from);
+            if at < *next_renew && at < *leader_until && budget_left {
+                *next_renew = at;
+                self.hurried_writes.push_back(now);
+            }
+        }
+        self.drive();
     }
 
     /// Whether an operation may be brought forward of its schedule now, for `why`.

@@ -16,11 +16,13 @@
 //! elector's deadline.
 
 mod candidate;
+pub mod members;
 mod multi;
 
 pub use candidate::{
     CandidateVersions, LeaseCandidateRegistration, OLDEST_EMULATION_VERSION, RENEW_EVERY,
 };
+pub use members::MemberLeases;
 pub use multi::MultiLock;
 
 use std::collections::BTreeMap;
@@ -635,12 +637,12 @@ impl PreflightError {
         matches!(self, PreflightError::Unreachable(_))
     }
 
-    fn no_answer() -> Self {
+    pub(crate) fn no_answer() -> Self {
         PreflightError::Unreachable(format!("no answer within {}s", PREFLIGHT_TIMEOUT.as_secs()))
     }
 
     /// The preflight error for a failed request: a refusal that will not heal, or an outage.
-    fn of_request(e: kube::Error) -> Self {
+    pub(crate) fn of_request(e: kube::Error) -> Self {
         match e {
             kube::Error::Api(status) if status.code == 401 => {
                 PreflightError::Unauthorized(explain(&kube::Error::Api(status)))
@@ -764,7 +766,7 @@ pub async fn check_access(
 }
 
 /// How long one preflight request may take.
-const PREFLIGHT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const PREFLIGHT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A preflight request, bounded by [`PREFLIGHT_TIMEOUT`].
 async fn bounded<T>(
@@ -777,7 +779,7 @@ async fn bounded<T>(
 }
 
 /// A Role granting `verbs` on `group`/`plural` in `namespace`.
-fn role_yaml(namespace: &str, group: &str, plural: &str, verbs: &[&str]) -> String {
+pub(crate) fn role_yaml(namespace: &str, group: &str, plural: &str, verbs: &[&str]) -> String {
     let verbs = verbs
         .iter()
         .map(|v| format!("\"{v}\""))

@@ -9,10 +9,10 @@
 //!
 //! `active` and `pending` are [`ShardSet`] bitmaps in base64url ([`ShardSet::to_base64url`]).
 //! Anyone allowed to write a Lease can put anything in it, and a record this code misreads
-//! could let two members own one shard, so [`MemberClaims::decode`] accepts exactly what
-//! [`MemberClaims::encode`] writes (plus unknown fields, for compatible additions within
-//! version 1) and names what is wrong otherwise. Its caller treats a record that fails to
-//! decode as claiming every shard.
+//! could let two members own one shard, so [`MemberClaims::decode`] is strict: one JSON object,
+//! every field present once with its type, bitmaps in their one canonical form (unknown fields
+//! are ignored, for compatible additions within version 1), and it names what is wrong
+//! otherwise. Its caller treats a record that fails to decode as claiming every shard.
 
 use serde::de::{DeserializeOwned, Error as _, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
@@ -218,7 +218,7 @@ impl ShardSet {
     /// Zeroes the bits at or above the capacity, restoring the invariant.
     fn clear_excess(&mut self) {
         if let Some(last) = self.words.last_mut()
-            && self.n % 64 != 0
+            && !self.n.is_multiple_of(64)
         {
             *last &= (1 << (self.n % 64)) - 1;
         }
@@ -307,7 +307,7 @@ fn decode_bitmap(s: &str, n: u32) -> Result<ShardSet, String> {
     }
     // The bytes cover ⌈n/8⌉·8 bits: any past `n` are in the last word.
     if let Some(&last) = set.words.last()
-        && n % 64 != 0
+        && !n.is_multiple_of(64)
         && last >> (n % 64) != 0
     {
         return Err(format!("a shard at or above {n} is set"));

@@ -97,7 +97,6 @@ pub use store::GroupLock;
 pub use store::{MemoryGroup, MemoryMember};
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::Duration;
 
 use self::claims::{MAX_SHARDS, MemberClaims, ShardSet};
 use self::view::{Claimed, GroupView};
@@ -140,7 +139,13 @@ pub struct ShardConfig {
 
 impl ShardConfig {
     /// A member of `group` with `shards` shards, its Lease named `<group>-<identity>`.
-    pub fn new(member: Config, group: impl Into<String>, shards: u32) -> Self {
+    ///
+    /// The membership term is set to release the Lease on shutdown (so a graceful leave hands
+    /// its shards over at once) and to re-contend after a lost term (so a member cut off for a
+    /// while comes back); change `member` afterwards to do otherwise.
+    pub fn new(mut member: Config, group: impl Into<String>, shards: u32) -> Self {
+        member.release_on_cancel = true;
+        member.after_loss = crate::config::AfterLoss::Recontend;
         let group = group.into();
         let lease_name = format!("{group}-{}", member.identity.as_str());
         ShardConfig {
@@ -397,8 +402,8 @@ impl ShardMember {
         if let Some(list) = &self.list {
             consider(list.deadline);
         }
-        if !self.watching {
-            consider(self.next_poll.max(self.now + Duration::from_nanos(1)));
+        if !self.watching && self.list.is_none() {
+            consider(self.next_poll.max(self.list_budget_free_at()));
         }
         if self.member {
             // Tentative expiries change the live members, and may let a fence pass.
@@ -411,10 +416,8 @@ impl ShardMember {
             for v in self.view.vanished.values() {
                 consider(v.absent_since + v.last.lease_duration(ld));
             }
-            if let Some(&oldest) = self.lists.front()
-                && self.lists.len() >= MAX_LISTS_PER_RETRY_PERIOD
-            {
-                consider(oldest + self.config.member.retry_period);
+            if self.list.is_none() {
+                consider(self.list_budget_free_at());
             }
         }
         at
@@ -982,6 +985,22 @@ impl ShardMember {
         }
         if self.issue_list() {
             self.next_poll = self.now + self.config.member.retry_period;
+        }
+    }
+
+    /// When the list budget next allows a list (now, if it does).
+    fn list_budget_free_at(&self) -> Instant {
+        let rp = self.config.member.retry_period;
+        let recent: Vec<Instant> = self
+            .lists
+            .iter()
+            .copied()
+            .filter(|&at| self.now < at + rp)
+            .collect();
+        if recent.len() < MAX_LISTS_PER_RETRY_PERIOD {
+            self.now
+        } else {
+            recent[recent.len() - MAX_LISTS_PER_RETRY_PERIOD] + rp
         }
     }
 

@@ -36,8 +36,16 @@ pub(super) struct Entry {
 impl Entry {
     pub fn from_sighting(s: MemberSighting, now: Instant, group: &str, shards: u32) -> Entry {
         let claimed = match (&s.record.holder, s.annotation.as_deref()) {
-            // A released Lease claims nothing, whatever its annotation says.
-            (None, _) => Claimed::Known(MemberClaims::empty(shards)),
+            // A released Lease claims nothing, whatever its annotation says; its epoch still
+            // counts (the last owner's tokens must stay below the next one's).
+            (None, text) => {
+                let mut c = MemberClaims::empty(shards);
+                if let Some(old) = text.and_then(|t| MemberClaims::decode(t, group, shards).ok()) {
+                    c.epoch = old.epoch;
+                    c.seq = old.seq;
+                }
+                Claimed::Known(c)
+            }
             (Some(_), None) => Claimed::Incompatible("a holder but no shard annotation".into()),
             (Some(_), Some(text)) => match MemberClaims::decode(text, group, shards) {
                 Ok(c) => Claimed::Known(c),

@@ -62,6 +62,7 @@
 mod clock;
 mod world;
 
+pub mod shards;
 pub mod strategy;
 
 use std::fmt;

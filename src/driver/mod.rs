@@ -10,6 +10,8 @@ pub mod blocking;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
 #[cfg(feature = "tokio")]
+pub(crate) mod shards;
+#[cfg(feature = "tokio")]
 pub mod tokio;
 
 use std::collections::BTreeMap;

@@ -38,6 +38,7 @@ use futures_util::stream::BoxStream;
 pub use tokio_util::sync::CancellationToken;
 
 pub use super::BuildError;
+pub use super::shards::{ShardContext, ShardHandle, ShardedMember};
 use super::{Core, Effect, ErrorLog, LeaderState, NewLeaderFn, Shared, StoppedFn};
 use crate::config::{Config, Observation};
 use crate::elector::{Action, FencingToken, Input, OpId, Unhealthy};
@@ -523,7 +524,10 @@ impl<L: Lock> LeaderElector<L> {
 
 /// Cancels the term's token when its (possibly renewed) end arrives. If the driver goes away
 /// (aborted, panicked), the last known end stands. Ends with the term: it never outlives it.
-async fn watchdog(cancel: CancellationToken, mut until: watch::Receiver<::tokio::time::Instant>) {
+pub(super) async fn watchdog(
+    cancel: CancellationToken,
+    mut until: watch::Receiver<::tokio::time::Instant>,
+) {
     loop {
         let at = *until.borrow_and_update();
         ::tokio::select! {

@@ -1013,9 +1013,7 @@ impl World {
                     self.stop_runs(node, None);
                 }
             }
-            Ev::Restart { node }
-                if self.nodes[node].member.is_none() && !self.nodes[node].away =>
-            {
+            Ev::Restart { node } if self.nodes[node].member.is_none() && !self.nodes[node].away => {
                 self.start(node);
             }
             Ev::Fault(kind) => self.fault(kind),

@@ -177,6 +177,17 @@
 //! themselves: `use leasehold::tokio;` shadows the `tokio` crate in that scope (write `::tokio`
 //! for the crate there).
 //!
+//! # Shard ownership
+//!
+//! [`shards::ShardMember`] spreads N shards over the live members of a group, one Lease per
+//! member whatever N, on the same timing model: its membership term is an [`Elector`] on its
+//! own Lease, and a shard starts only after an intent, a fence on a consistent list of the
+//! group and an activation. The module docs state the contract and prove that at most one
+//! member runs a shard at any real time under the same clock-rate bound; the simulator
+//! ([`sim::shards`], feature `sim`) checks it, the tokio driver runs it
+//! (`leasehold::tokio::ShardedMember`), and `leasehold::kube::MemberLeases` keeps the member
+//! Leases on Kubernetes.
+//!
 //! # The `leasehold` command
 //!
 //! The `cli` feature builds `leasehold`, which puts any program under leader election

@@ -38,10 +38,7 @@ fn member(name: &str) -> (ShardMember, MemoryMember) {
     config.time_precision = Duration::from_micros(1);
     let config = ShardConfig::new(config, "bench", N);
     let lease = MemoryGroup::new().member(config.lease_name.clone());
-    (
-        ShardMember::new(config, now(0), 1).expect("valid"),
-        lease,
-    )
+    (ShardMember::new(config, now(0), 1).expect("valid"), lease)
 }
 
 /// Carries out the member's operations at once; returns how many there were.

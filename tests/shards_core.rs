@@ -4,11 +4,15 @@
 use std::time::Duration;
 
 use leasehold::record::LeaderElectionRecord;
+use leasehold::shards::claims::MemberClaims;
 use leasehold::shards::{
-    GroupChange, GroupRequest, GroupResponse, MemberSighting, MemoryGroup, MemoryMember,
-    ShardAction, ShardConfig, ShardEvent, ShardInput, ShardMember,
+    GroupChange, GroupRequest, GroupResponse, GroupResult, MemberSighting, MemoryGroup,
+    MemoryMember, ShardAction, ShardConfig, ShardConfigError, ShardEvent, ShardInput, ShardMember,
 };
-use leasehold::{Config, Identity, Instant, LockError, LockErrorKind, Now, OpId, Timestamp, Version};
+use leasehold::{
+    Config, FencingToken, Identity, Instant, LockError, LockErrorKind, Now, OpId, Timestamp,
+    Version,
+};
 use proptest::prelude::*;
 
 fn at(ms: u64) -> Now {
@@ -20,17 +24,30 @@ fn at(ms: u64) -> Now {
 }
 
 fn member(group: &MemoryGroup, name: &str, shards: u32) -> (ShardMember, MemoryMember) {
+    member_observing(group, name, shards, leasehold::Observation::Watch)
+}
+
+fn member_observing(
+    group: &MemoryGroup,
+    name: &str,
+    shards: u32,
+    observation: leasehold::Observation,
+) -> (ShardMember, MemoryMember) {
     let mut config = Config::new(Identity::new(name).expect("non-empty"));
     config.time_precision = Duration::from_micros(1);
-    config.observation = leasehold::Observation::Watch;
+    config.observation = observation;
     let config = ShardConfig::new(config, "g", shards);
     let lease = group.member(config.lease_name.clone());
     (ShardMember::new(config, at(0), 7).expect("valid"), lease)
 }
 
-/// Carries out operations at once; returns the events.
+/// Carries out operations at once, and wakes the member for what it wants done within a
+/// millisecond of `now` (a renewal waits for `renewTime` to move on by the time precision);
+/// returns the events.
 fn drain(m: &mut ShardMember, lease: &MemoryMember, now: Now) -> Vec<ShardEvent> {
     let mut events = Vec::new();
+    let mut now = now;
+    let until = now.instant + Duration::from_millis(1);
     loop {
         match m.poll_action() {
             ShardAction::Op { op, request, .. } => {
@@ -38,9 +55,43 @@ fn drain(m: &mut ShardMember, lease: &MemoryMember, now: Now) -> Vec<ShardEvent>
                 m.handle_input(ShardInput::Result { now, op, result });
             }
             ShardAction::Emit(e) => events.push(e),
+            ShardAction::SleepUntil { at } if at <= until => {
+                let ahead = at.saturating_duration_since(now.instant);
+                now = Now::new(at, now.wall.saturating_add(ahead));
+                m.handle_input(ShardInput::Timeout(now));
+            }
             ShardAction::SleepUntil { .. } | ShardAction::Done => return events,
         }
     }
+}
+
+/// The runs told to stop.
+fn stopped(events: &[ShardEvent]) -> Vec<(u32, FencingToken)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ShardEvent::ShardStopped { shard, token, .. } => Some((*shard, *token)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The shards the Lease `name` claims as active, as the store has it.
+fn claimed_active(group: &MemoryGroup, name: &str, shards: u32) -> Vec<u32> {
+    let seen = group.list();
+    let Some(s) = seen.iter().find(|s| s.name == name) else {
+        return Vec::new();
+    };
+    let text = s.annotation.as_deref().expect("a member annotation");
+    let claims = MemberClaims::decode(text, "g", shards).expect("readable claims");
+    (0..shards).filter(|&k| claims.active.contains(k)).collect()
+}
+
+fn snapshot(m: &mut ShardMember, group: &MemoryGroup, now: Now) {
+    m.handle_input(ShardInput::Observed {
+        now,
+        change: GroupChange::Snapshot(group.list()),
+    });
 }
 
 fn started(events: &[ShardEvent]) -> Vec<u32> {
@@ -69,13 +120,7 @@ fn a_lone_member_owns_every_shard_and_a_joiner_waits_for_the_stop() {
         change: GroupChange::Snapshot(group.list()),
     });
     let events = drain(&mut a, &la, at(20));
-    let stopping: Vec<u32> = events
-        .iter()
-        .filter_map(|e| match e {
-            ShardEvent::ShardStopped { shard, .. } => Some(*shard),
-            _ => None,
-        })
-        .collect();
+    let stopping = stopped(&events);
     assert!(!stopping.is_empty(), "{events:?}");
     // Until a reports the stops, b's fences fail, however often it lists.
     for t in [30, 2_000, 4_000] {
@@ -99,9 +144,233 @@ fn a_lone_member_owns_every_shard_and_a_joiner_waits_for_the_stop() {
     });
     let mut got = started(&drain(&mut b, &lb, at(4_200)));
     got.sort_unstable();
-    let mut want = stopping;
+    let mut want: Vec<u32> = stopping.iter().map(|&(k, _)| k).collect();
     want.sort_unstable();
     assert_eq!(got, want);
+}
+
+/// Runs `m` from `from` to `to` ms in steps of 100 ms, each with the group as it stands (a
+/// watch that delivers everything) and a timeout; returns the events.
+fn run(
+    m: &mut ShardMember,
+    lease: &MemoryMember,
+    group: &MemoryGroup,
+    from: u64,
+    to: u64,
+) -> Vec<ShardEvent> {
+    let mut events = Vec::new();
+    for t in (from..to).step_by(100) {
+        snapshot(m, group, at(t));
+        m.handle_input(ShardInput::Timeout(at(t)));
+        events.extend(drain(m, lease, at(t)));
+    }
+    events
+}
+
+#[test]
+fn a_late_report_of_an_earlier_stop_releases_nothing() {
+    // a runs shard k, gives it to b, takes it back when b leaves, and is told to stop it again
+    // when b returns. A repeated report of the first stop (its token is the first run's) must
+    // leave the second run claimed, or b would start k while a still runs it.
+    let group = MemoryGroup::new();
+    let (mut a, la) = member(&group, "a", 8);
+    run(&mut a, &la, &group, 0, 1_000);
+    let (mut b, lb) = member(&group, "b", 8);
+    run(&mut b, &lb, &group, 1_000, 1_100);
+    let first = stopped(&run(&mut a, &la, &group, 1_100, 1_200));
+    let &(k, first_token) = first.first().expect("a gives b some shards");
+    a.handle_input(ShardInput::ShardsStopped {
+        now: at(1_200),
+        shards: first.clone(),
+    });
+    run(&mut a, &la, &group, 1_200, 3_000);
+    assert!(started(&run(&mut b, &lb, &group, 3_000, 6_000)).contains(&k));
+    // b leaves (and releases, having stopped its shards); a takes k back.
+    b.handle_input(ShardInput::Shutdown(at(6_000)));
+    let events = drain(&mut b, &lb, at(6_000));
+    b.handle_input(ShardInput::ShardsStopped {
+        now: at(6_100),
+        shards: stopped(&events),
+    });
+    drain(&mut b, &lb, at(6_100));
+    let events = run(&mut a, &la, &group, 6_200, 10_000);
+    assert!(started(&events).contains(&k), "{events:?}");
+    // b comes back; a is told to stop k again, under its second token.
+    let (mut b, lb) = member(&group, "b", 8);
+    run(&mut b, &lb, &group, 10_000, 10_100);
+    let second = stopped(&run(&mut a, &la, &group, 10_100, 10_200));
+    let &(_, second_token) = second
+        .iter()
+        .find(|&&(s, _)| s == k)
+        .expect("k moves to b again");
+    assert!(second_token > first_token);
+    // The stale report: k stays claimed as active, and b cannot start it.
+    a.handle_input(ShardInput::ShardsStopped {
+        now: at(10_200),
+        shards: vec![(k, first_token)],
+    });
+    run(&mut a, &la, &group, 10_200, 13_000);
+    assert!(claimed_active(&group, "g-a", 8).contains(&k));
+    assert!(!started(&run(&mut b, &lb, &group, 13_000, 14_000)).contains(&k));
+    // The true report lets it go.
+    a.handle_input(ShardInput::ShardsStopped {
+        now: at(14_000),
+        shards: second,
+    });
+    run(&mut a, &la, &group, 14_000, 17_000);
+    assert!(!claimed_active(&group, "g-a", 8).contains(&k));
+    assert!(started(&run(&mut b, &lb, &group, 17_000, 20_000)).contains(&k));
+}
+
+/// Operations held back, to answer when a test says so. Lease operations reach the store at
+/// once (so it orders them as issued); lists reach it when the test says.
+struct Held {
+    ops: Vec<(OpId, GroupRequest, Option<GroupResult>)>,
+}
+
+impl Held {
+    /// Drains `m`, waking it for what it wants done within a millisecond (see [`drain`]) and
+    /// advancing `now`; returns the events.
+    fn drain(
+        &mut self,
+        m: &mut ShardMember,
+        lease: &MemoryMember,
+        now: &mut Now,
+    ) -> Vec<ShardEvent> {
+        let mut events = Vec::new();
+        let until = now.instant + Duration::from_millis(1);
+        loop {
+            match m.poll_action() {
+                ShardAction::Op { op, request, .. } => {
+                    let result = (request != GroupRequest::List).then(|| lease.execute(&request));
+                    self.ops.push((op, request, result));
+                }
+                ShardAction::Emit(e) => events.push(e),
+                ShardAction::SleepUntil { at } if at <= until => {
+                    let ahead = at.saturating_duration_since(now.instant);
+                    *now = Now::new(at, now.wall.saturating_add(ahead));
+                    m.handle_input(ShardInput::Timeout(*now));
+                }
+                ShardAction::SleepUntil { .. } | ShardAction::Done => return events,
+            }
+        }
+    }
+
+    /// The store serves the lists held.
+    fn serve_lists(&mut self, group: &MemoryGroup) {
+        for (_, request, result) in &mut self.ops {
+            if result.is_none() {
+                *result = Some(Ok(GroupResponse::Listed(group.list())));
+            }
+            let _ = request;
+        }
+    }
+
+    /// The first answer of a list (`list`) or of a Lease operation, if its request was served.
+    fn take(&mut self, list: bool) -> Option<(OpId, GroupResult)> {
+        let i = self
+            .ops
+            .iter()
+            .position(|(_, r, result)| (*r == GroupRequest::List) == list && result.is_some())?;
+        let (op, _, result) = self.ops.remove(i);
+        Some((op, result?))
+    }
+}
+
+#[test]
+fn a_fence_uses_only_a_list_sent_after_the_intent_committed() {
+    // Without a watch, b's first poll of the group goes out with its first operations, and
+    // the store serves it after b's Lease exists but before the intents commit. Its answer,
+    // arriving at the same instant as the intents' success, shows b's Lease claiming nothing:
+    // b must list again before it starts anything.
+    let group = MemoryGroup::new();
+    let (mut b, lb) = member_observing(&group, "b", 4, leasehold::Observation::Poll);
+    let mut now = at(0);
+    let mut held = Held { ops: Vec::new() };
+    held.drain(&mut b, &lb, &mut now);
+    let mut events = Vec::new();
+    while let Some((op, result)) = held.take(false) {
+        b.handle_input(ShardInput::Result { now, op, result });
+        if !group.list().is_empty() {
+            held.serve_lists(&group);
+        }
+        events.extend(held.drain(&mut b, &lb, &mut now));
+    }
+    assert!(started(&events).is_empty(), "{events:?}");
+    let claims = group.list()[0].annotation.clone().expect("claims");
+    let claims = MemberClaims::decode(&claims, "g", 4).expect("readable");
+    assert!((0..4).all(|k| claims.pending.contains(k)), "{claims:?}");
+    // The poll's answer: b's own Lease, claiming nothing. It may fence nothing.
+    let (poll, polled) = held.take(true).expect("the first poll, served");
+    let Ok(GroupResponse::Listed(cut)) = &polled else {
+        panic!("a list: {polled:?}")
+    };
+    assert!(cut[0].annotation.as_deref().is_some_and(|a| {
+        MemberClaims::decode(a, "g", 4).is_ok_and(|c| (0..4).all(|k| !c.pending.contains(k)))
+    }));
+    b.handle_input(ShardInput::Result {
+        now,
+        op: poll,
+        result: polled,
+    });
+    let events = held.drain(&mut b, &lb, &mut now);
+    assert!(started(&events).is_empty(), "{events:?}");
+    assert!(
+        held.ops.iter().any(|(_, r, _)| *r == GroupRequest::List),
+        "b lists again for its fence"
+    );
+    // That list, sent after the intents committed, fences them.
+    held.serve_lists(&group);
+    let mut events = Vec::new();
+    while let Some((op, result)) = held.take(true).or_else(|| held.take(false)) {
+        b.handle_input(ShardInput::Result { now, op, result });
+        held.serve_lists(&group);
+        events.extend(held.drain(&mut b, &lb, &mut now));
+    }
+    assert_eq!(started(&events).len(), 4, "{events:?}");
+}
+
+#[test]
+fn answers_slower_than_a_retry_period_still_start_shards() {
+    // Every answer comes 2.5 s after its request, past the next renewal (retry period 2 s):
+    // the write that carried an intent must still commit it, though the elector's next
+    // renewal goes out as soon as the answer is in.
+    let group = MemoryGroup::new();
+    let (mut a, la) = member(&group, "a", 4);
+    let mut held: Vec<(u64, OpId, GroupResult)> = Vec::new();
+    let mut events = Vec::new();
+    for t in (0..=60_000u64).step_by(100) {
+        let due: Vec<(u64, OpId, GroupResult)> = held.extract_if(.., |(at, ..)| *at <= t).collect();
+        for (_, op, result) in due {
+            a.handle_input(ShardInput::Result {
+                now: at(t),
+                op,
+                result,
+            });
+        }
+        a.handle_input(ShardInput::Timeout(at(t)));
+        loop {
+            match a.poll_action() {
+                ShardAction::Op { op, request, .. } => {
+                    held.push((t + 2_500, op, la.execute(&request)));
+                }
+                ShardAction::Emit(e) => events.push(e),
+                ShardAction::SleepUntil { .. } | ShardAction::Done => break,
+            }
+        }
+        if t % 1_000 == 0 {
+            snapshot(&mut a, &group, at(t));
+        }
+    }
+    assert_eq!(started(&events).len(), 4, "{events:?}");
+}
+
+#[test]
+fn coordinated_membership_is_refused() {
+    let mut config = Config::new(Identity::new("a").expect("non-empty"));
+    config.coordinated = true;
+    let config = ShardConfig::new(config, "g", 4);
+    assert_eq!(config.validate(), Err(ShardConfigError::Coordinated));
 }
 
 #[test]
@@ -139,17 +408,19 @@ fn sighting_strategy() -> impl Strategy<Value = MemberSighting> {
         proptest::option::of(".{0,40}"),
         any::<bool>(),
     )
-        .prop_map(|(name, version, holder, ld, annotation, terminating)| MemberSighting {
-            name: format!("g-{name}"),
-            version: Version::new(version),
-            record: LeaderElectionRecord {
-                holder: holder.and_then(|h| Identity::new(h).ok()),
-                lease_duration_seconds: ld,
-                ..Default::default()
+        .prop_map(
+            |(name, version, holder, ld, annotation, terminating)| MemberSighting {
+                name: format!("g-{name}"),
+                version: Version::new(version),
+                record: LeaderElectionRecord {
+                    holder: holder.and_then(|h| Identity::new(h).ok()),
+                    lease_duration_seconds: ld,
+                    ..Default::default()
+                },
+                annotation,
+                terminating,
             },
-            annotation,
-            terminating,
-        })
+        )
 }
 
 #[derive(Debug, Clone)]
@@ -159,7 +430,7 @@ enum Garbage {
     Applied(u64, MemberSighting),
     Deleted(u64, String),
     Result(u64, u64, u8),
-    Stopped(u64, Vec<u32>),
+    Stopped(u64, Vec<(u32, u64)>),
     Broken(u64),
     Shutdown(u64),
 }
@@ -167,12 +438,18 @@ enum Garbage {
 fn garbage() -> impl Strategy<Value = Garbage> {
     prop_oneof![
         (0u64..100_000).prop_map(Garbage::Timeout),
-        (0u64..100_000, proptest::collection::vec(sighting_strategy(), 0..4))
+        (
+            0u64..100_000,
+            proptest::collection::vec(sighting_strategy(), 0..4)
+        )
             .prop_map(|(t, s)| Garbage::Observed(t, s)),
         (0u64..100_000, sighting_strategy()).prop_map(|(t, s)| Garbage::Applied(t, s)),
         (0u64..100_000, "[a-z-]{0,6}").prop_map(|(t, n)| Garbage::Deleted(t, n)),
         (0u64..100_000, any::<u64>(), 0u8..5).prop_map(|(t, op, k)| Garbage::Result(t, op, k)),
-        (0u64..100_000, proptest::collection::vec(any::<u32>(), 0..4))
+        (
+            0u64..100_000,
+            proptest::collection::vec((any::<u32>(), 0u64..4), 0..4)
+        )
             .prop_map(|(t, s)| Garbage::Stopped(t, s)),
         (0u64..100_000).prop_map(Garbage::Broken),
         (0u64..100_000).prop_map(Garbage::Shutdown),
@@ -204,7 +481,10 @@ proptest! {
                         _ => lease.execute(&GroupRequest::Get),
                     },
                 },
-                Garbage::Stopped(t, s) => ShardInput::ShardsStopped { now: at(t), shards: s },
+                Garbage::Stopped(t, s) => ShardInput::ShardsStopped {
+                    now: at(t),
+                    shards: s.into_iter().map(|(k, token)| (k, FencingToken(token))).collect(),
+                },
                 Garbage::Broken(t) => ShardInput::WatchBroken(at(t)),
                 Garbage::Shutdown(t) => ShardInput::Shutdown(at(t)),
             };

@@ -148,8 +148,9 @@ impl<G: GroupLock> ShardedMember<G> {
         let mut ops: FuturesUnordered<OpFuture> = FuturesUnordered::new();
         // The membership term's token (cancelled at its end by a watchdog) and its end.
         let mut term: Option<(CancellationToken, watch::Sender<::tokio::time::Instant>)> = None;
-        // Each running shard: its token and whether its work has returned.
-        let mut running: BTreeMap<u32, (CancellationToken, bool)> = BTreeMap::new();
+        // Each running shard: its fencing token, its cancellation and whether its work has
+        // returned.
+        let mut running: BTreeMap<u32, (FencingToken, CancellationToken, bool)> = BTreeMap::new();
         let mut works: FuturesUnordered<Pin<Box<dyn Future<Output = u32> + Send>>> =
             FuturesUnordered::new();
         let mut shutdown_sent = false;
@@ -231,15 +232,19 @@ impl<G: GroupLock> ShardedMember<G> {
                                     }
                                     shard
                                 }));
-                                running.insert(shard, (cancel, false));
+                                running.insert(shard, (token, cancel, false));
                             }
-                            ShardEvent::ShardStopped { shard, reason } => {
-                                tracing::debug!(member = %describe, shard, ?reason, "stopping a shard");
+                            ShardEvent::ShardStopped {
+                                shard,
+                                token,
+                                reason,
+                            } => {
+                                tracing::debug!(member = %describe, shard, %token, ?reason, "stopping a shard");
                                 match running.get(&shard) {
-                                    Some((cancel, false)) => cancel.cancel(),
+                                    Some((_, cancel, false)) => cancel.cancel(),
                                     _ => {
                                         running.remove(&shard);
-                                        stopped_now.push(shard);
+                                        stopped_now.push((shard, token));
                                     }
                                 }
                             }
@@ -278,11 +283,12 @@ impl<G: GroupLock> ShardedMember<G> {
                 Some(shard) = works.next(), if !works.is_empty() => {
                     // A shard's work returned: if it was told to stop, report it; if not
                     // (it ended on its own), report it when it is told to.
-                    if let Some((_, finished)) = running.get_mut(&shard) {
+                    if let Some((token, cancel, finished)) = running.get_mut(&shard) {
                         *finished = true;
-                        if running.get(&shard).is_some_and(|(c, _)| c.is_cancelled()) {
+                        if cancel.is_cancelled() {
+                            let run = (shard, *token);
                             running.remove(&shard);
-                            member.handle_input(ShardInput::ShardsStopped { now: clock.now(), shards: vec![shard] });
+                            member.handle_input(ShardInput::ShardsStopped { now: clock.now(), shards: vec![run] });
                         }
                     }
                 }

@@ -124,8 +124,9 @@ pub enum ShardInput {
     ShardsStopped {
         /// The clocks.
         now: Now,
-        /// The shards whose work has stopped.
-        shards: Vec<u32>,
+        /// The runs whose work has stopped: each shard with the token of its
+        /// [`ShardEvent::ShardStopped`].
+        shards: Vec<(u32, FencingToken)>,
     },
     /// Leave the group: stop every shard, release the Lease, finish.
     Shutdown(Now),
@@ -197,6 +198,8 @@ pub enum ShardEvent {
     ShardStopped {
         /// The shard.
         shard: u32,
+        /// The token of the run to stop (the one it started with).
+        token: FencingToken,
         /// Why.
         reason: ShardStopReason,
     },

@@ -162,6 +162,9 @@ impl ShardConfig {
     /// The first rule it breaks.
     pub fn validate(&self) -> Result<(), ShardConfigError> {
         self.member.validate().map_err(ShardConfigError::Member)?;
+        if self.member.coordinated {
+            return Err(ShardConfigError::Coordinated);
+        }
         if self.shards == 0 || self.shards > MAX_SHARDS {
             return Err(ShardConfigError::Shards(self.shards));
         }
@@ -182,6 +185,12 @@ pub enum ShardConfigError {
     /// The membership term's configuration.
     #[error(transparent)]
     Member(ConfigError),
+    /// The membership term asked for coordinated election: a member Lease has one candidate,
+    /// its member, and no coordinator would ever pick it.
+    #[error(
+        "coordinated election does not apply to a shard group member's own Lease: set member.coordinated to false"
+    )]
+    Coordinated,
     /// The shard count is outside 1 to 65,536.
     #[error("the number of shards must be between 1 and {MAX_SHARDS}, got {0}")]
     Shards(u32),
@@ -223,23 +232,30 @@ enum Shard {
     /// Not claimed by this member.
     Idle,
     /// Wanted: in `pending` from the next write. `carried`: the write in flight that carries
-    /// it; `committed_at`: when a write carrying it succeeded within this term.
+    /// it; `committed`: the mark of the answer by which a write carrying it succeeded within
+    /// this term.
     Intended {
         carried: Option<OpId>,
-        committed_at: Option<Instant>,
+        committed: Option<Mark>,
     },
     /// The fence passed: goes into `active` with the next write (`carried`), whose success
     /// starts it with `token`.
     Fenced {
         token: FencingToken,
         carried: Option<OpId>,
-        committed_at: Instant,
+        committed: Mark,
     },
     /// Running, with its token.
     Active { token: FencingToken },
-    /// Told to stop; still claimed until its stop is reported.
-    Stopping,
+    /// Told to stop; still claimed until the stop of the run with `token` is reported.
+    Stopping { token: FencingToken },
 }
+
+/// A point in this member's own order of events: the answer that committed an intent, the
+/// sending of a list. Instants cannot order them (two inputs may carry the same instant); a
+/// fence needs its list sent strictly after the intent committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Mark(u64);
 
 /// The elector's write in flight.
 #[derive(Debug, Clone)]
@@ -264,6 +280,8 @@ struct IssuedList {
     op: OpId,
     /// The list's witness: every write committed before this instant is in its answer.
     issued_at: Instant,
+    /// Every intent committed at an earlier mark is in its answer.
+    sent: Mark,
     deadline: Instant,
 }
 
@@ -300,6 +318,8 @@ pub struct ShardMember {
     /// Without a watch: when the next list of the group is due.
     next_poll: Instant,
     next_list_op: u64,
+    /// The last [`Mark`] handed out.
+    mark: Mark,
     /// The incompatible Leases already reported, with the reason.
     reported: BTreeMap<String, String>,
     actions: VecDeque<ShardAction>,
@@ -335,6 +355,7 @@ impl ShardMember {
             watching: false,
             next_poll: now.instant,
             next_list_op: 0,
+            mark: Mark(0),
             reported: BTreeMap::new(),
             actions: VecDeque::new(),
             done: false,
@@ -573,11 +594,19 @@ impl ShardMember {
             op,
             result: lock_result,
         });
-        self.pump_elector();
-        let Some(issued) = issued else { return };
-        if issued.kind != RequestKind::Write {
-            return;
+        // The shards this write carried, before the elector's next write (which an answer
+        // that came late may call for at once) carries them instead.
+        if let Some(issued) = issued
+            && issued.kind == RequestKind::Write
+        {
+            self.settle_carried(&issued, succeeded);
         }
+        self.pump_elector();
+    }
+
+    /// What the answer to the write `issued` means for the shards it carried.
+    fn settle_carried(&mut self, issued: &IssuedWrite, succeeded: bool) {
+        let op = issued.op;
         // The write counts only if it answered before its deadline, within the term it was
         // issued in (which then still runs).
         let counts = succeeded
@@ -585,27 +614,27 @@ impl ShardMember {
             && issued.term.is_some()
             && self.elector.fencing_token() == issued.term
             && self.elector.is_leader(self.now);
-        let now = self.now;
+        let mark = self.next_mark();
         for k in 0..self.shards.len() {
             let shard = &mut self.shards[k];
             match *shard {
                 Shard::Intended {
                     carried: Some(c),
-                    committed_at,
+                    committed,
                 } if c == op => {
                     *shard = Shard::Intended {
                         carried: None,
-                        committed_at: if counts {
-                            committed_at.or(Some(now))
+                        committed: if counts {
+                            committed.or(Some(mark))
                         } else {
-                            committed_at
+                            committed
                         },
                     };
                 }
                 Shard::Fenced {
                     token,
                     carried: Some(c),
-                    committed_at,
+                    committed,
                 } if c == op => {
                     if counts {
                         *shard = Shard::Active { token };
@@ -619,7 +648,7 @@ impl ShardMember {
                         // Perhaps written, perhaps not: fence again, for a fresh token.
                         *shard = Shard::Intended {
                             carried: None,
-                            committed_at: Some(committed_at),
+                            committed: Some(committed),
                         };
                     }
                 }
@@ -648,12 +677,16 @@ impl ShardMember {
         self.live = None;
         self.observe_own(own);
         self.pump_elector();
-        self.fence(list.issued_at);
+        self.fence(list.issued_at, list.sent);
     }
 
-    fn handle_stopped(&mut self, shards: &[u32]) {
-        for &k in shards {
-            if let Some(s @ Shard::Stopping) = self.shards.get_mut(k as usize) {
+    fn handle_stopped(&mut self, shards: &[(u32, FencingToken)]) {
+        for &(k, token) in shards {
+            // Only the run that is stopping: a late or repeated report of an earlier run's
+            // stop must not release a later run.
+            if let Some(s @ Shard::Stopping { .. }) = self.shards.get_mut(k as usize)
+                && *s == (Shard::Stopping { token })
+            {
                 *s = Shard::Idle;
             }
         }
@@ -745,7 +778,7 @@ impl ShardMember {
                         *carried = Some(op);
                         claims.active.insert(k);
                     }
-                    Shard::Active { .. } | Shard::Stopping => {
+                    Shard::Active { .. } | Shard::Stopping { .. } => {
                         claims.active.insert(k);
                     }
                 }
@@ -753,7 +786,7 @@ impl ShardMember {
         } else if held {
             // Not a member (yet): only shards still stopping from an earlier term.
             for (k, shard) in self.shards.iter().enumerate() {
-                if *shard == Shard::Stopping {
+                if matches!(shard, Shard::Stopping { .. }) {
                     claims.active.insert(u32::try_from(k).unwrap_or(u32::MAX));
                 }
             }
@@ -773,18 +806,19 @@ impl ShardMember {
                 self.owe_work_stopped = true;
                 for k in 0..self.shards.len() {
                     let shard = &mut self.shards[k];
-                    match shard {
-                        Shard::Active { .. } => {
-                            *shard = Shard::Stopping;
+                    match *shard {
+                        Shard::Active { token } => {
+                            *shard = Shard::Stopping { token };
                             let shard = u32::try_from(k).unwrap_or(u32::MAX);
                             self.actions
                                 .push_back(ShardAction::Emit(ShardEvent::ShardStopped {
                                     shard,
+                                    token,
                                     reason: ShardStopReason::TermEnded(reason.clone()),
                                 }));
                         }
                         Shard::Intended { .. } | Shard::Fenced { .. } => *shard = Shard::Idle,
-                        Shard::Idle | Shard::Stopping => {}
+                        Shard::Idle | Shard::Stopping { .. } => {}
                     }
                 }
             }
@@ -795,6 +829,10 @@ impl ShardMember {
     }
 
     fn elector_write_soon(&mut self) {
+        // The elector's clock first: it last heard of time at its own last input, and a
+        // renewal brought forward must be weighed against now.
+        self.elector
+            .handle_input(Input::Timeout(Now::new(self.now, self.wall)));
         self.elector.write_soon();
         self.pump_elector();
     }
@@ -804,7 +842,12 @@ impl ShardMember {
     /// After every input: the elector's actions, the targets, the fences, the polls.
     fn step(&mut self) {
         self.pump_elector();
-        if self.owe_work_stopped && !self.shards.contains(&Shard::Stopping) {
+        if self.owe_work_stopped
+            && !self
+                .shards
+                .iter()
+                .any(|s| matches!(s, Shard::Stopping { .. }))
+        {
             self.owe_work_stopped = false;
             self.elector
                 .handle_input(Input::LeaderWorkStopped(Now::new(self.now, self.wall)));
@@ -873,7 +916,7 @@ impl ShardMember {
                 (Shard::Idle, true) => {
                     *shard = Shard::Intended {
                         carried: None,
-                        committed_at: None,
+                        committed: None,
                     };
                     changed = true;
                 }
@@ -881,11 +924,12 @@ impl ShardMember {
                     *shard = Shard::Idle;
                     changed = true;
                 }
-                (Shard::Active { .. }, false) => {
-                    *shard = Shard::Stopping;
+                (Shard::Active { token }, false) => {
+                    *shard = Shard::Stopping { token };
                     self.actions
                         .push_back(ShardAction::Emit(ShardEvent::ShardStopped {
                             shard: kk,
+                            token,
                             reason: ShardStopReason::Moved,
                         }));
                 }
@@ -905,29 +949,37 @@ impl ShardMember {
         let others_clear = self.view.entries.iter().all(|(name, e)| {
             name == &self.config.lease_name || !e.claims(k) || witness >= e.expires_at(ld)
         });
-        let vanished_clear =
-            self.view.vanished.values().all(|v| {
-                !v.last.claims(k) || witness >= v.absent_since + v.last.lease_duration(ld)
-            });
+        let vanished_clear = self.view.vanished.iter().all(|(name, v)| {
+            name == &self.config.lease_name
+                || !v.last.claims(k)
+                || witness >= v.absent_since + v.last.lease_duration(ld)
+        });
         others_clear && vanished_clear
     }
 
-    /// The shards whose intent committed no later than `witness`.
-    fn fence_candidates(&self, witness: Instant) -> impl Iterator<Item = u32> + '_ {
+    /// The shards whose intent committed before `sent` (strictly: the list must have gone
+    /// out after the answer that committed it).
+    fn fence_candidates(&self, sent: Mark) -> impl Iterator<Item = u32> + '_ {
         self.shards
             .iter()
             .enumerate()
             .filter_map(move |(k, s)| match s {
                 Shard::Intended {
-                    committed_at: Some(c),
-                    ..
-                } if *c <= witness => u32::try_from(k).ok(),
+                    committed: Some(c), ..
+                } if *c < sent => u32::try_from(k).ok(),
                 _ => None,
             })
     }
 
-    /// The fence, on a list sent at `witness` whose answer is now the view.
-    fn fence(&mut self, witness: Instant) {
+    /// The next mark.
+    fn next_mark(&mut self) -> Mark {
+        self.mark = Mark(self.mark.0 + 1);
+        self.mark
+    }
+
+    /// The fence, on a list sent at `witness` (and at mark `sent`) whose answer is now the
+    /// view.
+    fn fence(&mut self, witness: Instant, sent: Mark) {
         if !self.member {
             return;
         }
@@ -941,7 +993,7 @@ impl ShardMember {
         }
         self.retarget();
         let passed: Vec<u32> = self
-            .fence_candidates(witness)
+            .fence_candidates(sent)
             .filter(|&k| self.passes(k, witness))
             .collect();
         if passed.is_empty() {
@@ -952,14 +1004,14 @@ impl ShardMember {
         for k in passed {
             if let Some(shard @ Shard::Intended { .. }) = self.shards.get_mut(k as usize)
                 && let Shard::Intended {
-                    committed_at: Some(committed_at),
+                    committed: Some(committed),
                     ..
                 } = *shard
             {
                 *shard = Shard::Fenced {
                     token: FencingToken(token),
                     carried: None,
-                    committed_at,
+                    committed,
                 };
             }
         }
@@ -972,7 +1024,8 @@ impl ShardMember {
             return;
         }
         let now = self.now;
-        let hopeful = self.fence_candidates(now).any(|k| self.passes(k, now));
+        let next = Mark(self.mark.0 + 1);
+        let hopeful = self.fence_candidates(next).any(|k| self.passes(k, now));
         if hopeful {
             self.issue_list();
         }
@@ -1017,9 +1070,11 @@ impl ShardMember {
         self.next_list_op += 1;
         let op = OpId(LIST_OP | self.next_list_op);
         let deadline = self.now + self.config.member.operation_timeout();
+        let sent = self.next_mark();
         self.list = Some(IssuedList {
             op,
             issued_at: self.now,
+            sent,
             deadline,
         });
         self.actions.push_back(ShardAction::Op {

@@ -50,7 +50,7 @@ use std::time::Duration;
 use super::clock::{LocalClock, PPB};
 use crate::config::{Config, Observation};
 use crate::elector::rng::Rng;
-use crate::elector::{Event, Now, OpId};
+use crate::elector::{Event, FencingToken, Now, OpId};
 use crate::record::Identity;
 use crate::shards::hash::Members;
 use crate::shards::{
@@ -116,9 +116,15 @@ impl ShardScenario {
             .clock_rate_ratio
             .unwrap_or_else(|| 1.0 + (bound - 1.0).max(0.0) * pick(0.0, 0.99))
             .max(1.0);
+        let slow = pick(0.0, 1.0) < 0.1;
         let latency = self.latency.unwrap_or_else(|| {
-            let max = Duration::from_millis(pick(5.0, 100.0) as u64);
-            (Duration::from_millis(1), max)
+            let max = if slow {
+                // A slow link: answers come a retry period or more after the request.
+                member.retry_period.mul_f64(pick(0.5, 1.0))
+            } else {
+                Duration::from_millis(pick(5.0, 100.0) as u64)
+            };
+            (Duration::from_millis(1).min(max), max)
         });
         let ld = member.lease_duration;
         let f = self.faults;
@@ -445,7 +451,7 @@ fn secs(t: u64) -> f64 {
     t as f64 / 1e9
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Ev {
     Wake {
         node: usize,
@@ -476,6 +482,7 @@ enum Ev {
         node: usize,
         inc: u64,
         shard: u32,
+        token: FencingToken,
     },
     Watchdog {
         node: usize,
@@ -700,14 +707,17 @@ impl World {
         self.drive(node);
     }
 
-    fn stop_runs(&mut self, node: usize, shards: Option<&[u32]>) {
+    /// Ends the runs of `node`: every run, or the one of `shard` with `token`.
+    fn stop_runs(&mut self, node: usize, run: Option<(u32, FencingToken)>) {
         let t = self.t;
         let n = &mut self.nodes[node];
-        let which: Vec<u32> = match shards {
-            Some(s) => s
-                .iter()
-                .copied()
-                .filter(|k| n.running.contains_key(k))
+        let which: Vec<u32> = match run {
+            Some((k, token)) => n
+                .running
+                .get(&k)
+                .filter(|&&i| self.runs[i].token == token.0)
+                .map(|_| k)
+                .into_iter()
                 .collect(),
             None => n.running.keys().copied().collect(),
         };
@@ -837,10 +847,23 @@ impl World {
                     self.last_end.remove(&shard);
                 }
             }
-            ShardEvent::ShardStopped { shard, .. } => {
+            ShardEvent::ShardStopped { shard, token, .. } => {
                 note!(self, "{} stops shard {shard}", self.nodes[node].id);
                 let delay = (self.rng.next_f64() * nanos(self.p.work_stop_delay) as f64) as u64;
-                self.at(self.t + delay, Ev::WorkStopped { node, inc, shard });
+                let stopped = Ev::WorkStopped {
+                    node,
+                    inc,
+                    shard,
+                    token,
+                };
+                self.at(self.t + delay, stopped.clone());
+                if self.lossy() {
+                    // A driver that reports the stop twice, the second time much later
+                    // (when the shard may run again, with another token).
+                    let ld = nanos(self.p.member.lease_duration);
+                    let later = delay + (self.rng.next_f64() * ld as f64) as u64;
+                    self.at(self.t + later, stopped);
+                }
             }
             ShardEvent::Member(
                 Event::StartedLeading { leader_until, .. } | Event::Renewed { leader_until },
@@ -996,14 +1019,23 @@ impl World {
                 self.nodes[node].sub = Some(self.group.subscribe());
                 self.flush_watches();
             }
-            Ev::WorkStopped { node, inc, shard } if self.nodes[node].inc == inc => {
-                self.stop_runs(node, Some(&[shard]));
-                if let Some(Ev::WorkStopped { shard, .. }) =
-                    self.deferred(node, Ev::WorkStopped { node, inc, shard })
-                {
+            Ev::WorkStopped {
+                node,
+                inc,
+                shard,
+                token,
+            } if self.nodes[node].inc == inc => {
+                self.stop_runs(node, Some((shard, token)));
+                let stopped = Ev::WorkStopped {
+                    node,
+                    inc,
+                    shard,
+                    token,
+                };
+                if let Some(Ev::WorkStopped { shard, token, .. }) = self.deferred(node, stopped) {
                     self.input(node, |now| ShardInput::ShardsStopped {
                         now,
-                        shards: vec![shard],
+                        shards: vec![(shard, token)],
                     });
                 }
             }

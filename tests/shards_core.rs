@@ -222,6 +222,36 @@ fn a_late_report_of_an_earlier_stop_releases_nothing() {
     assert!(started(&run(&mut b, &lb, &group, 17_000, 20_000)).contains(&k));
 }
 
+#[test]
+fn a_run_cut_off_by_the_driver_is_taken_again_with_a_new_token() {
+    // The driver's end-of-term watchdog fired just as a renewal came in: the work of a
+    // running shard stopped though the term goes on. Reported, the shard restarts.
+    let group = MemoryGroup::new();
+    let (mut a, la) = member(&group, "a", 2);
+    let events = run(&mut a, &la, &group, 0, 1_000);
+    let first = events
+        .iter()
+        .find_map(|e| match e {
+            ShardEvent::ShardStarted { shard: 0, token } => Some(*token),
+            _ => None,
+        })
+        .expect("shard 0 starts");
+    a.handle_input(ShardInput::ShardsStopped {
+        now: at(1_000),
+        shards: vec![(0, first)],
+    });
+    let events = run(&mut a, &la, &group, 1_000, 5_000);
+    let again = events
+        .iter()
+        .find_map(|e| match e {
+            ShardEvent::ShardStarted { shard: 0, token } => Some(*token),
+            _ => None,
+        })
+        .expect("shard 0 starts again");
+    assert!(again > first);
+    assert_eq!(a.owned_shards().count(), 2);
+}
+
 /// Operations held back, to answer when a test says so. Lease operations reach the store at
 /// once (so it orders them as issued); lists reach it when the test says.
 struct Held {

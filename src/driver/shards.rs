@@ -190,8 +190,21 @@ impl<G: GroupLock> ShardedMember<G> {
                                 }
                             }
                             ShardEvent::Member(Event::Renewed { leader_until }) => {
-                                if let Some((_, until)) = &term {
-                                    until.send_replace(clock.tokio_instant(leader_until));
+                                let until = clock.tokio_instant(leader_until);
+                                match &term {
+                                    Some((token, tx)) if !token.is_cancelled() => {
+                                        tx.send_replace(until);
+                                    }
+                                    Some(_) => {
+                                        // The watchdog fired as this renewal came in: the
+                                        // runs it cut off are reported (and taken again);
+                                        // the term goes on, under a new token.
+                                        let token = CancellationToken::new();
+                                        let (tx, rx) = watch::channel(until);
+                                        ::tokio::spawn(super::tokio::watchdog(token.clone(), rx));
+                                        term = Some((token, tx));
+                                    }
+                                    None => {}
                                 }
                             }
                             ShardEvent::Member(Event::StoppedLeading { reason }) => {

@@ -118,9 +118,11 @@ pub enum ShardInput {
     /// The group's watch failed or ended: until it delivers again, the member lists the
     /// group every retry period.
     WatchBroken(Now),
-    /// The work of these shards has stopped, after their [`ShardEvent::ShardStopped`]. Until
-    /// a shard's stop is reported it stays claimed; until every stop is, the member neither
-    /// starts another term nor releases its Lease. Stale or duplicate reports are ignored.
+    /// The work of these runs has stopped, after their [`ShardEvent::ShardStopped`] or
+    /// because the driver cut them off at the end of the term. Until a run's stop is reported
+    /// its shard stays claimed; until every stop is, the member neither starts another term
+    /// nor releases its Lease. A running shard reported stopped is given up and taken again;
+    /// reports of other runs (stale, repeated) are ignored.
     ShardsStopped {
         /// The clocks.
         now: Now,

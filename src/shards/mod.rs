@@ -682,10 +682,12 @@ impl ShardMember {
 
     fn handle_stopped(&mut self, shards: &[(u32, FencingToken)]) {
         for &(k, token) in shards {
-            // Only the run that is stopping: a late or repeated report of an earlier run's
-            // stop must not release a later run.
-            if let Some(s @ Shard::Stopping { .. }) = self.shards.get_mut(k as usize)
-                && *s == (Shard::Stopping { token })
+            // Only the run reported: a late or repeated report of an earlier run's stop must
+            // not release a later run. A run reported stopped while still `Active` was cut off
+            // by the driver (its end-of-term watchdog fired as a renewal came in): its claim
+            // goes too, and the shard is taken again, with a new token.
+            if let Some(s) = self.shards.get_mut(k as usize)
+                && (*s == (Shard::Stopping { token }) || *s == (Shard::Active { token }))
             {
                 *s = Shard::Idle;
             }

@@ -1042,7 +1042,25 @@ impl World {
             Ev::Watchdog { node, inc } if self.nodes[node].inc == inc => {
                 let local = self.nodes[node].clock.local(self.t);
                 if self.nodes[node].member_until.is_some_and(|u| local >= u) {
+                    // The work stops now; like the tokio driver, report the runs cut off.
+                    let cut: Vec<(u32, FencingToken)> = self.nodes[node]
+                        .running
+                        .iter()
+                        .map(|(&shard, &i)| (shard, FencingToken(self.runs[i].token)))
+                        .collect();
                     self.stop_runs(node, None);
+                    for (shard, token) in cut {
+                        let t = self.t;
+                        self.at(
+                            t,
+                            Ev::WorkStopped {
+                                node,
+                                inc,
+                                shard,
+                                token,
+                            },
+                        );
+                    }
                 }
             }
             Ev::Restart { node } if self.nodes[node].member.is_none() && !self.nodes[node].away => {

@@ -32,7 +32,8 @@
 //! If every write to a member Lease is a compare-and-swap on its version, the store is
 //! linearizable (etcd), member Leases are deleted only through their finalizer
 //! ([`MEMBER_FINALIZER`](claims::MEMBER_FINALIZER)), the drivers stop each shard's work at
-//! its `ShardStopped` or at the end of the membership term, whichever comes first, and the
+//! its `ShardStopped` or at the end of the membership term, whichever comes first, report a
+//! run stopped only once its work has stopped, and the
 //! ratio of the fastest to the slowest clock rate among members stays below
 //! `lease_duration / renew_deadline`, then at any real time at most one member runs a shard's
 //! work, and successive owners of a shard get strictly rising tokens.
@@ -70,8 +71,10 @@
 //! every change of the group's Leases as [`ShardInput::Observed`] (one watch for the whole
 //! group, a [`GroupChange::Snapshot`] after every relist), or none at all: without a watch the
 //! member lists the group every retry period. Report stopped shard work with
-//! [`ShardInput::ShardsStopped`], and stop every shard's work at `member_until` (the end of
-//! the term, from [`ShardEvent::Member`]) even if no input arrives then.
+//! [`ShardInput::ShardsStopped`], naming each run by its shard and token, and stop every
+//! shard's work at `member_until` (the end of the term, from [`ShardEvent::Member`]) even if
+//! no input arrives then; a run cut off that way while the term went on (a renewal came in as
+//! the watchdog fired) is reported too, and the member takes the shard again.
 //!
 //! # Costs
 //!

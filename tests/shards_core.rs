@@ -252,6 +252,69 @@ fn a_run_cut_off_by_the_driver_is_taken_again_with_a_new_token() {
     assert_eq!(a.owned_shards().count(), 2);
 }
 
+#[test]
+fn a_late_list_showing_an_earlier_write_costs_no_read() {
+    // A list served before a's last renewal, answered after it, shows a's Lease as it was.
+    // The elector must not spend a read on it (on a slow link that read can cost the term).
+    let group = MemoryGroup::new();
+    let (mut a, la) = member(&group, "a", 4);
+    run(&mut a, &la, &group, 0, 3_000);
+    let stale = group.list();
+    let mut requests = Vec::new();
+    for t in (3_000..6_000).step_by(100) {
+        a.handle_input(ShardInput::Timeout(at(t)));
+        loop {
+            match a.poll_action() {
+                ShardAction::Op { op, request, .. } => {
+                    let result = la.execute(&request);
+                    requests.push(request);
+                    a.handle_input(ShardInput::Result {
+                        now: at(t),
+                        op,
+                        result,
+                    });
+                }
+                ShardAction::Emit(_) => {}
+                ShardAction::SleepUntil { .. } | ShardAction::Done => break,
+            }
+        }
+    }
+    assert!(
+        requests
+            .iter()
+            .any(|r| matches!(r, GroupRequest::Update { .. })),
+        "a renewed: {requests:?}"
+    );
+    requests.clear();
+    a.handle_input(ShardInput::Observed {
+        now: at(6_000),
+        change: GroupChange::Snapshot(stale),
+    });
+    for t in (6_000..7_000).step_by(100) {
+        a.handle_input(ShardInput::Timeout(at(t)));
+        loop {
+            match a.poll_action() {
+                ShardAction::Op { op, request, .. } => {
+                    let result = la.execute(&request);
+                    requests.push(request);
+                    a.handle_input(ShardInput::Result {
+                        now: at(t),
+                        op,
+                        result,
+                    });
+                }
+                ShardAction::Emit(_) => {}
+                ShardAction::SleepUntil { .. } | ShardAction::Done => break,
+            }
+        }
+    }
+    assert!(
+        !requests.iter().any(|r| *r == GroupRequest::Get),
+        "{requests:?}"
+    );
+    assert_eq!(a.owned_shards().count(), 4);
+}
+
 /// Operations held back, to answer when a test says so. Lease operations reach the store at
 /// once (so it orders them as issued); lists reach it when the test says.
 struct Held {

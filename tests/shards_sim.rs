@@ -77,3 +77,23 @@ fn overlaps_above_the_bound() {
     println!("first overlap above the bound: seed {found:?}");
     assert!(found.is_some(), "no overlap found above the bound");
 }
+
+#[test]
+#[ignore = "a sweep for the closing note: cargo test --release --features sim --test shards_sim -- --ignored"]
+fn how_often_overlaps_show_above_the_bound() {
+    // The same clocks as `overlaps_above_the_bound`, counted over every seed.
+    let mut scenario = ShardScenario::new(config(), 64);
+    scenario.clock_rate_ratio = Some(config().tolerated_clock_rate_ratio() * 2.5);
+    let report = shards::check(&scenario, seeds(1000));
+    let overlapping = report
+        .failures
+        .iter()
+        .filter(|o| {
+            o.violations
+                .iter()
+                .any(|v| matches!(v, ShardViolation::Overlap { .. }))
+        })
+        .count();
+    println!("{report}\nseeds with an overlap above the bound: {overlapping}");
+    assert!(overlapping > 0);
+}

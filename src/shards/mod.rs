@@ -269,6 +269,8 @@ struct IssuedWrite {
     term: Option<FencingToken>,
     /// The request, to translate the answer.
     kind: RequestKind,
+    /// The write counter it carries (a get: the counter's value when it was sent).
+    seq: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,6 +313,9 @@ pub struct ShardMember {
     /// epoch also takes every epoch it saw on others.
     seq: u64,
     epoch: u64,
+    /// The write counter of the last write of this member that succeeded: a record of the own
+    /// Lease with a lower counter is older than what the elector knows (a list answered late).
+    written_seq: u64,
     write: Option<IssuedWrite>,
     list: Option<IssuedList>,
     /// When the lists of the last retry period went out. INVARIANT: at most
@@ -352,6 +357,7 @@ impl ShardMember {
             owe_work_stopped: false,
             seq: 0,
             epoch: 0,
+            written_seq: 0,
             write: None,
             list: None,
             lists: VecDeque::new(),
@@ -540,17 +546,26 @@ impl ShardMember {
 
     /// Hands this member's own Lease, as seen, to the elector.
     fn observe_own(&mut self, seen: Option<MemberSighting>) {
+        let mut older = false;
         if let Some(s) = &seen
             && let Some(text) = &s.annotation
             && let Ok(c) = MemberClaims::decode(text, &self.config.group, self.config.shards)
         {
             self.seq = self.seq.max(c.seq);
             self.epoch = self.epoch.max(c.epoch);
+            older = c.seq < self.written_seq;
         }
         if seen.as_ref().is_some_and(|s| s.terminating) && self.member {
             // Deletion was asked for: leave (stop everything, release, which lets it go).
             self.elector
                 .handle_input(Input::Shutdown(Now::new(self.now, self.wall)));
+        }
+        if older {
+            // An earlier write of ours (a list served before our last write, answered after
+            // it): the elector knows better, and would spend a read on it, which on a slow
+            // link can cost the term. Whatever may have changed since, its next compare-and-
+            // swap finds out.
+            return;
         }
         let record = seen.map(|s| Versioned {
             version: s.version,
@@ -592,6 +607,12 @@ impl ShardMember {
             (_, Err(e)) => Err(e),
         };
         let succeeded = matches!(lock_result, Ok(LockResponse::Written(_)));
+        if let Some(w) = &issued
+            && succeeded
+            && w.kind == RequestKind::Write
+        {
+            self.written_seq = self.written_seq.max(w.seq);
+        }
         self.elector.handle_input(Input::LockResult {
             now: Now::new(self.now, self.wall),
             op,
@@ -753,6 +774,7 @@ impl ShardMember {
             deadline,
             term,
             kind,
+            seq: self.seq,
         });
         self.actions.push_back(ShardAction::Op {
             op,

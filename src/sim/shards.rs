@@ -119,8 +119,18 @@ impl ShardScenario {
         let slow = pick(0.0, 1.0) < 0.1;
         let latency = self.latency.unwrap_or_else(|| {
             let max = if slow {
-                // A slow link: answers come a retry period or more after the request.
-                member.retry_period.mul_f64(pick(0.5, 1.0))
+                // A slow link: answers come up to one and a half retry periods after the
+                // request, but within the operation timeout as the fastest clock measures it
+                // (beyond that every election times out: a liveness limit of the elector's,
+                // not of shard ownership).
+                let within_timeout = member
+                    .operation_timeout()
+                    .div_f64(2.0 * clock_rate_ratio.max(1.0))
+                    .mul_f64(0.9);
+                member
+                    .retry_period
+                    .mul_f64(pick(0.5, 0.75))
+                    .min(within_timeout)
             } else {
                 Duration::from_millis(pick(5.0, 100.0) as u64)
             };

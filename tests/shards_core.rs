@@ -308,10 +308,7 @@ fn a_late_list_showing_an_earlier_write_costs_no_read() {
             }
         }
     }
-    assert!(
-        !requests.iter().any(|r| *r == GroupRequest::Get),
-        "{requests:?}"
-    );
+    assert!(!requests.contains(&GroupRequest::Get), "{requests:?}");
     assert_eq!(a.owned_shards().count(), 4);
 }
 

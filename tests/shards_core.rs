@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use leasehold::record::LeaderElectionRecord;
-use leasehold::shards::claims::MemberClaims;
+use leasehold::shards::claims::{MAX_COUNTER, MemberClaims};
 use leasehold::shards::{
-    GroupChange, GroupRequest, GroupResponse, GroupResult, MemberSighting, MemoryGroup,
-    MemoryMember, ShardAction, ShardConfig, ShardConfigError, ShardEvent, ShardInput, ShardMember,
+    GroupChange, GroupRequest, GroupResponse, GroupResult, MemberRecord, MemberSighting,
+    MemoryGroup, MemoryMember, ShardAction, ShardConfig, ShardConfigError, ShardEvent, ShardInput,
+    ShardMember,
 };
 use leasehold::{
     Config, FencingToken, Identity, Instant, LockError, LockErrorKind, Now, OpId, Timestamp,
@@ -252,6 +253,66 @@ fn a_run_cut_off_by_the_driver_is_taken_again_with_a_new_token() {
     assert_eq!(a.owned_shards().count(), 2);
 }
 
+/// The tokens the runs of `shard` started with.
+fn tokens_of(events: &[ShardEvent], shard: u32) -> Vec<FencingToken> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ShardEvent::ShardStarted { shard: s, token } if *s == shard => Some(*token),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The annotation of a member of group `g` claiming `active`, with `seq` and `epoch`.
+fn annotation_with(seq: u64, epoch: u64, shards: u32, active: &[u32]) -> String {
+    let mut claims = MemberClaims::empty(shards);
+    claims.seq = seq;
+    claims.epoch = epoch;
+    for &k in active {
+        claims.active.insert(k);
+    }
+    claims.encode("g")
+}
+
+#[test]
+fn counters_beyond_two_to_the_53_are_garbage() {
+    // The own Lease says seq = u64::MAX (a write counter that would overflow at the next
+    // write); another Lease says epoch = u64::MAX (tokens that would saturate into equal
+    // ones, and let a repeated stop report of one run release the next).
+    let group = MemoryGroup::new();
+    for (name, seq, epoch) in [("g-a", u64::MAX, 0), ("g-z", 1, u64::MAX)] {
+        let record = MemberRecord {
+            record: LeaderElectionRecord {
+                lease_duration_seconds: 15,
+                ..Default::default()
+            },
+            annotation: annotation_with(seq, epoch, 2, &[]),
+        };
+        group
+            .execute(name, &GroupRequest::Create(record))
+            .expect("created");
+    }
+    let (mut a, la) = member(&group, "a", 2);
+    let first = tokens_of(&run(&mut a, &la, &group, 0, 1_000), 0);
+    assert_eq!(first.len(), 1, "shard 0 starts");
+    a.handle_input(ShardInput::ShardsStopped {
+        now: at(1_000),
+        shards: vec![(0, first[0])],
+    });
+    let second = tokens_of(&run(&mut a, &la, &group, 1_000, 5_000), 0);
+    assert_eq!(second.len(), 1, "shard 0 starts again");
+    assert!(second[0] > first[0], "{first:?} then {second:?}");
+    // A repeated report of the first run leaves the second running and claimed.
+    a.handle_input(ShardInput::ShardsStopped {
+        now: at(5_000),
+        shards: vec![(0, first[0])],
+    });
+    let events = run(&mut a, &la, &group, 5_000, 9_000);
+    assert!(tokens_of(&events, 0).is_empty(), "{events:?}");
+    assert!(claimed_active(&group, "g-a", 2).contains(&0));
+}
+
 #[test]
 fn a_late_list_showing_an_earlier_write_costs_no_read() {
     // A list served before a's last renewal, answered after it, shows a's Lease as it was.
@@ -489,13 +550,38 @@ fn a_record_that_moved_on_is_not_expired() {
     // reported those stops, so they stay claimed and b can never take them.)
 }
 
+/// Counters near and beyond the largest an annotation may carry.
+fn counter() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        0u64..4,
+        Just(MAX_COUNTER - 1),
+        Just(MAX_COUNTER),
+        Just(MAX_COUNTER + 1),
+        Just(u64::MAX),
+        any::<u64>(),
+    ]
+}
+
+/// Annotations: noise, or well-formed claims with any counters.
+fn annotation_strategy() -> impl Strategy<Value = String> {
+    prop_oneof![
+        ".{0,40}",
+        (
+            counter(),
+            counter(),
+            proptest::collection::vec(0u32..16, 0..4)
+        )
+            .prop_map(|(seq, epoch, active)| annotation_with(seq, epoch, 16, &active)),
+    ]
+}
+
 fn sighting_strategy() -> impl Strategy<Value = MemberSighting> {
     (
-        "[a-z]{1,3}",
+        prop_oneof![Just("me".to_owned()), "[a-z]{1,3}"],
         "[0-9]{1,3}",
-        proptest::option::of("[a-z]{1,4}"),
+        proptest::option::of(prop_oneof![Just("me".to_owned()), "[a-z]{1,4}"]),
         0u32..40,
-        proptest::option::of(".{0,40}"),
+        proptest::option::of(annotation_strategy()),
         any::<bool>(),
     )
         .prop_map(

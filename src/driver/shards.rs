@@ -80,7 +80,15 @@ pub struct ShardedMember<G> {
 
 impl<G: GroupLock> ShardedMember<G> {
     /// A member running `work` for every shard it owns, in a task of its own; the work must
-    /// stop when its `cancel` fires.
+    /// stop when its `cancel` fires. Work that returns or panics before that is logged, and
+    /// the member gives the shard up and takes it again: a new run, with a new token, after
+    /// a new fence (so at most [`MAX_LISTS_PER_RETRY_PERIOD`](crate::shards::MAX_LISTS_PER_RETRY_PERIOD)
+    /// restarts a retry period).
+    ///
+    /// If an administrator deletes the member's Lease, the member stops every shard,
+    /// releases (which lets the deletion complete) and finishes, as after
+    /// [`ShardHandle::shutdown`]: [`ShardHandle::is_finished`] turns true, and rejoining is
+    /// the application's choice (spawn a new member, or exit and let the pod restart).
     ///
     /// # Errors
     /// An invalid configuration.
@@ -148,11 +156,10 @@ impl<G: GroupLock> ShardedMember<G> {
         let mut ops: FuturesUnordered<OpFuture> = FuturesUnordered::new();
         // The membership term's token (cancelled at its end by a watchdog) and its end.
         let mut term: Option<(CancellationToken, watch::Sender<::tokio::time::Instant>)> = None;
-        // Each running shard: its fencing token, its cancellation and whether its work has
-        // returned.
-        let mut running: BTreeMap<u32, (FencingToken, CancellationToken, bool)> = BTreeMap::new();
-        let mut works: FuturesUnordered<Pin<Box<dyn Future<Output = u32> + Send>>> =
-            FuturesUnordered::new();
+        // Each shard whose work runs: the run's fencing token and cancellation.
+        let mut running: BTreeMap<u32, (FencingToken, CancellationToken)> = BTreeMap::new();
+        type Work = Pin<Box<dyn Future<Output = (u32, FencingToken)> + Send>>;
+        let mut works: FuturesUnordered<Work> = FuturesUnordered::new();
         let mut shutdown_sent = false;
         let mut watch_rests_until: Option<::tokio::time::Instant> = None;
         loop {
@@ -243,9 +250,9 @@ impl<G: GroupLock> ShardedMember<G> {
                                     if !ran {
                                         tracing::error!(member = %describe, shard, "a shard's work panicked");
                                     }
-                                    shard
+                                    (shard, token)
                                 }));
-                                running.insert(shard, (token, cancel, false));
+                                running.insert(shard, (token, cancel));
                             }
                             ShardEvent::ShardStopped {
                                 shard,
@@ -254,11 +261,9 @@ impl<G: GroupLock> ShardedMember<G> {
                             } => {
                                 tracing::debug!(member = %describe, shard, %token, ?reason, "stopping a shard");
                                 match running.get(&shard) {
-                                    Some((_, cancel, false)) => cancel.cancel(),
-                                    _ => {
-                                        running.remove(&shard);
-                                        stopped_now.push((shard, token));
-                                    }
+                                    // Reported when the work returns.
+                                    Some((run, cancel)) if *run == token => cancel.cancel(),
+                                    _ => stopped_now.push((shard, token)),
                                 }
                             }
                             ShardEvent::IncompatibleMember { name, reason } => {
@@ -293,16 +298,16 @@ impl<G: GroupLock> ShardedMember<G> {
                     shutdown_sent = true;
                     member.handle_input(ShardInput::Shutdown(clock.now()));
                 }
-                Some(shard) = works.next(), if !works.is_empty() => {
-                    // A shard's work returned: if it was told to stop, report it; if not
-                    // (it ended on its own), report it when it is told to.
-                    if let Some((token, cancel, finished)) = running.get_mut(&shard) {
-                        *finished = true;
-                        if cancel.is_cancelled() {
-                            let run = (shard, *token);
-                            running.remove(&shard);
-                            member.handle_input(ShardInput::ShardsStopped { now: clock.now(), shards: vec![run] });
+                Some((shard, token)) = works.next(), if !works.is_empty() => {
+                    // A run's work returned. Reported at once: if it was not told to stop (it
+                    // ended or panicked on its own), the member gives the shard up and takes
+                    // it again with a new token, which restarts the work.
+                    if running.get(&shard).is_some_and(|(run, _)| *run == token) {
+                        let told = running.remove(&shard).is_some_and(|(_, cancel)| cancel.is_cancelled());
+                        if !told {
+                            tracing::warn!(member = %describe, shard, %token, "a shard's work ended before it was told to stop: the shard is taken again");
                         }
+                        member.handle_input(ShardInput::ShardsStopped { now: clock.now(), shards: vec![(shard, token)] });
                     }
                 }
                 Some((op, result)) = ops.next(), if !ops.is_empty() => {
@@ -396,7 +401,8 @@ impl ShardHandle {
         self.snapshot().live.clone()
     }
 
-    /// Whether the member has left the group.
+    /// Whether the member has left the group: after [`ShardHandle::shutdown`], or once its
+    /// Lease was deleted and it released.
     pub fn is_finished(&self) -> bool {
         *self.done.borrow()
     }

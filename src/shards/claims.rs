@@ -35,6 +35,13 @@ pub const MAX_SHARDS: u32 = 65_536;
 /// The version of the annotation's format, its `"v"` field.
 pub const CLAIMS_VERSION: u64 = 1;
 
+/// The largest `seq` or `epoch` an annotation may carry, 2^53 - 1: the largest integer every
+/// JSON reader (JavaScript, Go's `interface{}` decoding, `jq`) holds exactly. A member adds
+/// one to each per write or token, so a genuine record takes millennia to get there; a
+/// larger number is garbage, and reading it as such keeps every sum below `u64::MAX` (tokens
+/// never saturate into equal ones).
+pub const MAX_COUNTER: u64 = (1 << 53) - 1;
+
 /// Why an annotation or a bitmap was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -324,9 +331,10 @@ fn decode_bitmap(s: &str, n: u32) -> Result<ShardSet, String> {
 /// shards.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberClaims {
-    /// +1 on every write of this Lease by leasehold, across terms and restarts.
+    /// +1 on every write of this Lease by leasehold, across terms and restarts; at most
+    /// [`MAX_COUNTER`].
     pub seq: u64,
-    /// Never decreases on a Lease.
+    /// Never decreases on a Lease; at most [`MAX_COUNTER`].
     pub epoch: u64,
     /// The shards the member owns.
     pub active: ShardSet,
@@ -446,7 +454,8 @@ impl MemberClaims {
     /// # Errors
     /// In this order: [`ClaimsError::Malformed`] if `text` is not one JSON object, repeats a
     /// field or has no `u64` field `v`; [`ClaimsError::UnknownVersion`] if `v` is not 1;
-    /// `Malformed` if another field is missing or of the wrong type; [`ClaimsError::OtherGroup`],
+    /// `Malformed` if another field is missing or of the wrong type, or `seq` or `epoch` is
+    /// above [`MAX_COUNTER`]; [`ClaimsError::OtherGroup`],
     /// [`ClaimsError::OtherShardCount`] and [`ClaimsError::OtherHash`] if the record is not
     /// for this group, [`ClaimsError::BadBitmap`] and [`ClaimsError::Overlap`]. Unknown fields
     /// are ignored.
@@ -465,6 +474,13 @@ impl MemberClaims {
         let active: String = fields.take("active")?;
         let pending: String = fields.take("pending")?;
         let leaving: bool = fields.take("leaving")?;
+        for (name, value) in [("seq", seq), ("epoch", epoch)] {
+            if value > MAX_COUNTER {
+                return Err(ClaimsError::Malformed(format!(
+                    "field `{name}`: {value} is above {MAX_COUNTER}"
+                )));
+            }
+        }
         if group_found != group {
             return Err(ClaimsError::OtherGroup(group_found));
         }
@@ -661,8 +677,8 @@ mod tests {
                 half.pending.insert(s);
             }
         }
-        half.seq = u64::MAX;
-        half.epoch = u64::MAX;
+        half.seq = MAX_COUNTER;
+        half.epoch = MAX_COUNTER;
         for (what, claims) in [("all active", full), ("half active, half pending", half)] {
             let text = claims.encode(&"g".repeat(63));
             println!("{MAX_SHARDS} shards, {what}: {} bytes", text.len());
@@ -753,6 +769,10 @@ mod tests {
         }
         malformed(&with("seq", json!(-1)));
         malformed(&with("epoch", json!(1.5)));
+        // Counters above 2^53 - 1 are garbage: sums of them could saturate.
+        malformed(&with("seq", json!(MAX_COUNTER + 1)));
+        malformed(&with("epoch", json!(u64::MAX)));
+        assert!(decode(&with("epoch", json!(MAX_COUNTER))).is_ok());
         malformed(&with("v", json!(-1)));
         malformed(&with("v", json!("1")));
         malformed(&with("v", json!(1.0)));
@@ -875,7 +895,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trip((active, pending) in disjoint_sets(), seq: u64, epoch: u64, leaving: bool) {
+        fn round_trip((active, pending) in disjoint_sets(), seq in 0..=MAX_COUNTER, epoch in 0..=MAX_COUNTER, leaving: bool) {
             let n = active.capacity();
             for s in [&active, &pending] {
                 let text = s.to_base64url();

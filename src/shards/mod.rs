@@ -36,7 +36,8 @@
 //! run stopped only once its work has stopped, and the
 //! ratio of the fastest to the slowest clock rate among members stays below
 //! `lease_duration / renew_deadline`, then at any real time at most one member runs a shard's
-//! work, and successive owners of a shard get strictly rising tokens.
+//! work, and successive owners of a shard get strictly rising tokens while no member Lease is
+//! deleted.
 //!
 //! *Proof.* Take runs of shard k by members X and Y, on different Leases (runs on one Lease are
 //! disjoint: across terms by the elector's theorem, within a term because a shard is intended
@@ -56,6 +57,13 @@
 //! activation (if the activation had committed after L, X's term would have ended before, by
 //! the same argument, and X would never have started), whose epoch is X's token τ_X, and
 //! epochs never go down on a Lease; so τ_Y ≥ 1 + τ_X. ∎
+//!
+//! A deletion (after the release, through the finalizer) takes the Lease's epoch with it:
+//! tokens still rise across it when a member that saw the epoch wrote since (every write
+//! carries the largest epoch its writer has seen, so in a group of several members that is
+//! a retry period later), but a member that was alone, deleted and restarted starts again
+//! from the epochs that remain. Overlap is unaffected; a store fenced by tokens would refuse
+//! such a member's writes.
 //!
 //! Nothing in the proof uses which member hashing picks, what a watch showed, or how old a
 //! view is: stale views, lagging watches, lost answers and any rate of joins and leaves only
@@ -787,7 +795,8 @@ impl ShardMember {
     /// releases the Lease), and the shards it carries.
     fn annotation(&mut self, op: OpId, held: bool) -> String {
         let n = self.config.shards;
-        self.seq += 1;
+        // The decoder caps every seq it accepts at MAX_COUNTER: no overflow, ever.
+        self.seq = self.seq.saturating_add(1);
         self.epoch = self.epoch.max(self.view.max_epoch());
         let mut claims = MemberClaims::empty(n);
         claims.seq = self.seq;

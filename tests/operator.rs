@@ -193,6 +193,26 @@ impl Copy {
         assert!(status.success());
     }
 
+    /// SIGSTOP, returning once every thread of the copy has stopped: `kill` returns once the
+    /// signal is queued, and under load a thread already running keeps running until another
+    /// thread of the process got a CPU to begin the stop (the test saw b reconcile after it).
+    async fn pause(&self) {
+        self.signal("STOP");
+        let tasks = format!("/proc/{}/task", self.child.id());
+        until("the copy stops", Duration::from_secs(10), || {
+            std::fs::read_dir(&tasks).is_ok_and(|threads| {
+                threads.flatten().all(|t| {
+                    // The state follows the parenthesised command name: `pid (comm) S ...`.
+                    std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                        stat.rsplit_once(") ")
+                            .is_some_and(|(_, rest)| rest.starts_with(['T', 't']))
+                    })
+                })
+            })
+        })
+        .await;
+    }
+
     /// SIGTERM, and the exit code.
     async fn terminate(mut self) -> (Option<i32>, Vec<Said>) {
         self.signal("TERM");
@@ -429,7 +449,7 @@ async fn two_copies_one_controller_a_handover_and_a_paused_leader(b: &Backend) {
         a.address().is_some()
     })
     .await;
-    copy_b.signal("STOP");
+    copy_b.pause().await;
     let paused = nanos();
     api.patch(
         "cm-1",

@@ -681,3 +681,56 @@ proptest! {
         }
     }
 }
+
+/// A released Lease `name` with the given counters, as a departed member (or a hand edit, or a
+/// foreign writer) could leave it.
+fn released_at(group: &MemoryGroup, name: &str, seq: u64, epoch: u64, shards: u32) {
+    let record = MemberRecord {
+        record: LeaderElectionRecord {
+            lease_duration_seconds: 15,
+            ..Default::default()
+        },
+        annotation: annotation_with(seq, epoch, shards, &[]),
+    };
+    group
+        .execute(name, &GroupRequest::Create(record))
+        .expect("created");
+}
+
+/// Whether the Lease `name` can be read back by the group.
+fn readable(group: &MemoryGroup, name: &str, shards: u32) -> Result<MemberClaims, String> {
+    let seen = group.list();
+    let s = seen.iter().find(|s| s.name == name).ok_or("absent")?;
+    let text = s.annotation.as_deref().ok_or("no annotation")?;
+    MemberClaims::decode(text, "g", shards).map_err(|e| format!("{e}: {text}"))
+}
+
+#[test]
+fn an_epoch_at_the_cap_leaves_the_takers_own_lease_readable() {
+    let group = MemoryGroup::new();
+    released_at(&group, "g-z", 1, MAX_COUNTER, 2);
+    let (mut a, la) = member(&group, "a", 2);
+    let events = run(&mut a, &la, &group, 0, 1_000);
+    assert_eq!(started(&events).len(), 2, "{events:?}");
+    // Today: a's activation carried epoch MAX_COUNTER + 1 = 2^53, which decode rejects.
+    assert!(
+        readable(&group, "g-a", 2).is_ok(),
+        "{:?}",
+        readable(&group, "g-a", 2)
+    );
+}
+
+#[test]
+fn a_seq_at_the_cap_leaves_the_own_lease_readable() {
+    // The member's own (released) Lease says seq = MAX_COUNTER: accepted, and the next write
+    // saturating_add(1)s it to 2^53.
+    let group = MemoryGroup::new();
+    released_at(&group, "g-a", MAX_COUNTER, 0, 2);
+    let (mut a, la) = member(&group, "a", 2);
+    run(&mut a, &la, &group, 0, 1_000);
+    assert!(
+        readable(&group, "g-a", 2).is_ok(),
+        "{:?}",
+        readable(&group, "g-a", 2)
+    );
+}

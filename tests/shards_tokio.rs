@@ -101,3 +101,31 @@ async fn a_deleted_member_lease_stops_every_shard_and_ends_the_member() {
     assert!(handle.owned_shards().is_empty());
     assert!(group.list().is_empty(), "{:?}", group.list());
 }
+
+#[tokio::test(start_paused = true)]
+async fn work_handed_to_a_task_is_told_to_stop_once_its_run_is_reported_stopped() {
+    let group = MemoryGroup::new();
+    let config = config("a", 1);
+    let lease = group.member(config.lease_name.clone());
+    let alive = Arc::new(AtomicUsize::new(0));
+    let counted = alive.clone();
+    let handle = ShardedMember::new(config, lease, move |ctx| {
+        let alive = counted.clone();
+        async move {
+            // The shard's work in a task of its own, stopping when told to.
+            alive.fetch_add(1, SeqCst);
+            tokio::spawn(async move {
+                ctx.cancel.cancelled().await;
+                alive.fetch_sub(1, SeqCst);
+            });
+        }
+    })
+    .expect("valid")
+    .spawn();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    // Every run but the newest was reported stopped and replaced by a run with a new token.
+    // Today: one task per restart, all still running (a dozen or more after 60 s).
+    let n = alive.load(SeqCst);
+    assert!(n <= 1, "{n} runs of shard 0 alive at once on one member");
+    handle.shutdown().await;
+}

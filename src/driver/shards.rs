@@ -32,8 +32,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use ::tokio::sync::watch;
 use ::tokio::task::JoinHandle;
 use ::tokio::time::{sleep_until, timeout_at};
+use futures_util::StreamExt;
 use futures_util::stream::{BoxStream, FuturesUnordered};
-use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::Clock;
@@ -80,7 +80,9 @@ pub struct ShardedMember<G> {
 
 impl<G: GroupLock> ShardedMember<G> {
     /// A member running `work` for every shard it owns, in a task of its own; the work must
-    /// stop when its `cancel` fires. Work that returns or panics before that is logged, and
+    /// stop when its `cancel` fires, and its future must not return before everything it
+    /// started for the shard has stopped: a returned future is a stopped run (its `cancel`
+    /// fires then, for whatever still holds it). Work that returns or panics early is logged, and
     /// the member gives the shard up and takes it again: a new run, with a new token, after
     /// a new fence (so at most [`MAX_LISTS_PER_RETRY_PERIOD`](crate::shards::MAX_LISTS_PER_RETRY_PERIOD)
     /// restarts a retry period).
@@ -239,12 +241,12 @@ impl<G: GroupLock> ShardedMember<G> {
                                         (self.work)(ctx)
                                     }));
                                 let describe = describe.clone();
+                                // A task of its own: shards run in parallel, and slow work
+                                // does not hold up the membership's renewals.
+                                let task = started.map(::tokio::spawn);
                                 works.push(Box::pin(async move {
-                                    let ran = match started {
-                                        Ok(work) => std::panic::AssertUnwindSafe(work)
-                                            .catch_unwind()
-                                            .await
-                                            .is_ok(),
+                                    let ran = match task {
+                                        Ok(task) => task.await.is_ok(),
                                         Err(_) => false,
                                     };
                                     if !ran {
@@ -303,7 +305,12 @@ impl<G: GroupLock> ShardedMember<G> {
                     // ended or panicked on its own), the member gives the shard up and takes
                     // it again with a new token, which restarts the work.
                     if running.get(&shard).is_some_and(|(run, _)| *run == token) {
-                        let told = running.remove(&shard).is_some_and(|(_, cancel)| cancel.is_cancelled());
+                        let told = running.remove(&shard).is_none_or(|(_, cancel)| {
+                            let told = cancel.is_cancelled();
+                            // Whatever the work handed its context to hears it too.
+                            cancel.cancel();
+                            told
+                        });
                         if !told {
                             tracing::warn!(member = %describe, shard, %token, "a shard's work ended before it was told to stop: the shard is taken again");
                         }

@@ -42,6 +42,20 @@ pub const CLAIMS_VERSION: u64 = 1;
 /// never saturate into equal ones).
 pub const MAX_COUNTER: u64 = (1 << 53) - 1;
 
+/// The largest `seq` or `epoch` a member takes over from a record it reads, 2^52: a readable
+/// record above it counts as carrying 0. A member's own counters then stay below
+/// [`MAX_COUNTER`] for 2^52 more writes, so nothing a member writes is ever unreadable.
+pub const MAX_ADOPTED_COUNTER: u64 = 1 << 52;
+
+/// `value` if a member may take it over, else 0 (see [`MAX_ADOPTED_COUNTER`]).
+pub(crate) fn adopted(value: u64) -> u64 {
+    if value > MAX_ADOPTED_COUNTER {
+        0
+    } else {
+        value
+    }
+}
+
 /// Why an annotation or a bitmap was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -559,8 +559,8 @@ impl ShardMember {
             && let Some(text) = &s.annotation
             && let Ok(c) = MemberClaims::decode(text, &self.config.group, self.config.shards)
         {
-            self.seq = self.seq.max(c.seq);
-            self.epoch = self.epoch.max(c.epoch);
+            self.seq = self.seq.max(claims::adopted(c.seq));
+            self.epoch = self.epoch.max(claims::adopted(c.epoch));
             older = c.seq < self.written_seq;
         }
         if seen.as_ref().is_some_and(|s| s.terminating) && self.member {
@@ -599,8 +599,8 @@ impl ShardMember {
                     && let Ok(c) =
                         MemberClaims::decode(text, &self.config.group, self.config.shards)
                 {
-                    self.seq = self.seq.max(c.seq);
-                    self.epoch = self.epoch.max(c.epoch);
+                    self.seq = self.seq.max(claims::adopted(c.seq));
+                    self.epoch = self.epoch.max(claims::adopted(c.epoch));
                 }
                 Ok(LockResponse::Record(seen.map(|s| Versioned {
                     version: s.version,

@@ -85,10 +85,11 @@ impl Entry {
             }
     }
 
-    /// The epoch the Lease carries (0 if unreadable).
+    /// The epoch the Lease carries (0 if unreadable, or above
+    /// [`MAX_ADOPTED_COUNTER`](super::claims::MAX_ADOPTED_COUNTER)).
     pub fn epoch(&self) -> u64 {
         match &self.claimed {
-            Claimed::Known(c) => c.epoch,
+            Claimed::Known(c) => super::claims::adopted(c.epoch),
             Claimed::Incompatible(_) => 0,
         }
     }

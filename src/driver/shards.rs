@@ -250,7 +250,7 @@ impl<G: GroupLock> ShardedMember<G> {
                                         Err(_) => false,
                                     };
                                     if !ran {
-                                        tracing::error!(member = %describe, shard, "a shard's work panicked");
+                                        tracing::error!(member = %describe, shard, "a shard's work panicked (or its task was aborted)");
                                     }
                                     (shard, token)
                                 }));
@@ -304,13 +304,11 @@ impl<G: GroupLock> ShardedMember<G> {
                     // A run's work returned. Reported at once: if it was not told to stop (it
                     // ended or panicked on its own), the member gives the shard up and takes
                     // it again with a new token, which restarts the work.
-                    if running.get(&shard).is_some_and(|(run, _)| *run == token) {
-                        let told = running.remove(&shard).is_none_or(|(_, cancel)| {
-                            let told = cancel.is_cancelled();
-                            // Whatever the work handed its context to hears it too.
-                            cancel.cancel();
-                            told
-                        });
+                    if let Some(cancel) = running.get(&shard).filter(|(run, _)| *run == token).map(|(_, c)| c.clone()) {
+                        running.remove(&shard);
+                        let told = cancel.is_cancelled();
+                        // Whatever the work handed its context to hears it too.
+                        cancel.cancel();
                         if !told {
                             tracing::warn!(member = %describe, shard, %token, "a shard's work ended before it was told to stop: the shard is taken again");
                         }

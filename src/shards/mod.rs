@@ -552,6 +552,13 @@ impl ShardMember {
         self.live = None;
     }
 
+    /// Takes over the counters of the own Lease as read: writes continue its `seq`, tokens
+    /// its `epoch` (each only up to [`claims::MAX_ADOPTED_COUNTER`]).
+    fn adopt(&mut self, own: &MemberClaims) {
+        self.seq = self.seq.max(claims::adopted(own.seq));
+        self.epoch = self.epoch.max(claims::adopted(own.epoch));
+    }
+
     /// Hands this member's own Lease, as seen, to the elector.
     fn observe_own(&mut self, seen: Option<MemberSighting>) {
         let mut older = false;
@@ -559,8 +566,7 @@ impl ShardMember {
             && let Some(text) = &s.annotation
             && let Ok(c) = MemberClaims::decode(text, &self.config.group, self.config.shards)
         {
-            self.seq = self.seq.max(claims::adopted(c.seq));
-            self.epoch = self.epoch.max(claims::adopted(c.epoch));
+            self.adopt(&c);
             older = c.seq < self.written_seq;
         }
         if seen.as_ref().is_some_and(|s| s.terminating) && self.member {
@@ -599,8 +605,7 @@ impl ShardMember {
                     && let Ok(c) =
                         MemberClaims::decode(text, &self.config.group, self.config.shards)
                 {
-                    self.seq = self.seq.max(claims::adopted(c.seq));
-                    self.epoch = self.epoch.max(claims::adopted(c.epoch));
+                    self.adopt(&c);
                 }
                 Ok(LockResponse::Record(seen.map(|s| Versioned {
                     version: s.version,
@@ -795,7 +800,8 @@ impl ShardMember {
     /// releases the Lease), and the shards it carries.
     fn annotation(&mut self, op: OpId, held: bool) -> String {
         let n = self.config.shards;
-        // The decoder caps every seq it accepts at MAX_COUNTER: no overflow, ever.
+        // Adopted counters are at most MAX_ADOPTED_COUNTER: 2^52 writes from reaching
+        // MAX_COUNTER, so this never saturates (nor writes an unreadable seq) in practice.
         self.seq = self.seq.saturating_add(1);
         self.epoch = self.epoch.max(self.view.max_epoch());
         let mut claims = MemberClaims::empty(n);
